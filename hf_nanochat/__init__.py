@@ -1,0 +1,33 @@
+"""hf-nanochat: nanochat's depth-scaled GPT and pipeline on the Hugging Face stack.
+
+Importing the package registers the model with the Auto classes, so
+`AutoModelForCausalLM.from_pretrained(folder)` works without trust_remote_code
+in any process that imported hf_nanochat.
+"""
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
+from hf_nanochat.modeling.modeling_nanochat_gpt import NanoChatGPTForCausalLM, NanoChatGPTModel
+
+__version__ = "0.1.0"
+
+AutoConfig.register(NanoChatGPTConfig.model_type, NanoChatGPTConfig, exist_ok=True)
+AutoModel.register(NanoChatGPTConfig, NanoChatGPTModel, exist_ok=True)
+AutoModelForCausalLM.register(NanoChatGPTConfig, NanoChatGPTForCausalLM, exist_ok=True)
+# save_pretrained then copies the two model files and writes `auto_map`, so the folder
+# loads with trust_remote_code where hf_nanochat is not installed.
+NanoChatGPTConfig.register_for_auto_class()
+NanoChatGPTModel.register_for_auto_class("AutoModel")
+NanoChatGPTForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+
+
+def __getattr__(name):
+    # Heavier pipeline pieces load on first use, keeping `import hf_nanochat` light.
+    if name == "render_conversation":
+        from hf_nanochat.tokenizer import render_conversation
+
+        return render_conversation
+    raise AttributeError(f"module 'hf_nanochat' has no attribute {name!r}")
+
+
+__all__ = ["NanoChatGPTConfig", "NanoChatGPTModel", "NanoChatGPTForCausalLM"]

@@ -1,0 +1,44 @@
+"""`hf-nanochat` command line.
+
+Each subcommand lives in the module that owns its feature; that module exposes
+`add_arguments(parser)` and `run(args) -> int | None`. The table below is the only
+place that lists them, and modules are imported lazily so `hf-nanochat info`
+does not pay for importing gradio or TRL.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("hf_nanochat.info", "print model shapes and parameter counts for depths"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-nanochat", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module_name)
+        # Sub-parsers are configured lazily only for the chosen command (see main).
+        p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = build_parser()
+    ns = top.parse_args(argv[:1] if argv and not argv[0].startswith("-") else argv)
+    module = importlib.import_module(ns._module)
+    parser = argparse.ArgumentParser(prog=f"hf-nanochat {ns.command}", description=COMMANDS[ns.command][1])
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

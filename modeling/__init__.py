@@ -1,0 +1,1 @@
+"""Self-contained model files (torch + transformers only); installed as `hf_nanochat.modeling`."""

@@ -1,0 +1,350 @@
+"""nanochat's depth-scaled GPT as a transformers model.
+
+Reads top to bottom: norm, rotary, attention, MLP, block, backbone, LM head.
+This file travels with every checkpoint (trust_remote_code), so it imports only
+torch and transformers. Parallelism and mixed precision are applied *to* this
+model by the trainer; nothing here knows about them.
+
+Architecture (nanochat, Nov 2025):
+    token embedding -> RMSNorm -> [x + attn(norm(x)); x + mlp(norm(x))] * depth -> RMSNorm -> lm_head
+    attention: rotary (nanochat's rotation direction) then QK RMSNorm, causal, optional GQA
+    MLP: relu(x)**2; no biases; norms have no parameters; logits 15*tanh(logits/15) in fp32
+Module names follow nanochat (`transformer.wte`, `transformer.h.{i}.attn.c_q`, ...), so
+nanochat checkpoints load by name and LoRA targets read like nanochat's code.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .configuration_nanochat_gpt import NanoChatGPTConfig
+
+
+def rms_norm(x: torch.Tensor, eps: float | None) -> torch.Tensor:
+    """Parameter-free RMSNorm; eps=None means the dtype's epsilon, as in nanochat."""
+    return F.rms_norm(x, (x.size(-1),), eps=eps)
+
+
+def rotary_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+    """cos/sin of shape (batch, seq, 1, head_dim/2) computed in fp32 from the positions.
+
+    Computing them from position_ids (instead of a cached table) makes packed sequences,
+    left padding and KV-cache offsets all just work, and leaves no non-persistent buffer
+    for `from_pretrained` to lose.
+    """
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float32) / head_dim))
+    angles = position_ids.to(torch.float32)[..., None] * inv_freq
+    return angles.cos().to(dtype)[:, :, None, :], angles.sin().to(dtype)[:, :, None, :]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the two halves of each head (x: batch, seq, heads, head_dim) in nanochat's direction."""
+    d = x.shape[-1] // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(batch, kv_heads, seq, dim) -> (batch, kv_heads * n_rep, seq, dim) for grouped-query attention."""
+    if n_rep == 1:
+        return x
+    b, h, t, d = x.shape
+    return x[:, :, None].expand(b, h, n_rep, t, d).reshape(b, h * n_rep, t, d)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+):
+    """Reference attention in plain matmuls (attn_implementation="eager"); returns weights too."""
+    key = repeat_kv(key, module.num_key_value_groups)
+    value = repeat_kv(value, module.num_key_value_groups)
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is None:
+        q_len, kv_len = query.shape[2], key.shape[2]
+        causal = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril(kv_len - q_len)
+        scores = scores.masked_fill(~causal, torch.finfo(scores.dtype).min)
+    elif attention_mask.dtype == torch.bool:
+        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+    else:
+        scores = scores + attention_mask
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    out = torch.matmul(weights, value).transpose(1, 2).contiguous()
+    return out, weights
+
+
+class NanoChatGPTAttention(nn.Module):
+    def __init__(self, config: NanoChatGPTConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = config.head_dim
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.num_key_value_groups = self.num_heads // self.num_kv_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = True
+        self.c_q = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=False)
+        self.c_k = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
+        self.c_v = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
+        self.c_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+        self.c_proj.zero_init = True  # residual branches start as identity (nanochat)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        cos_sin: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ):
+        b, t, _ = hidden_states.shape
+        q = self.c_q(hidden_states).view(b, t, self.num_heads, self.head_dim)
+        k = self.c_k(hidden_states).view(b, t, self.num_kv_heads, self.head_dim)
+        v = self.c_v(hidden_states).view(b, t, self.num_kv_heads, self.head_dim)
+        cos, sin = cos_sin
+        # nanochat order: rotary first, then QK norm.
+        q = rms_norm(apply_rotary(q, cos, sin), self.config.rms_norm_eps).transpose(1, 2)
+        k = rms_norm(apply_rotary(k, cos, sin), self.config.rms_norm_eps).transpose(1, 2)
+        v = v.transpose(1, 2)
+        if past_key_values is not None:
+            k, v = past_key_values.update(k, v, self.layer_idx)
+        attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        out, weights = attention(self, q, k, v, attention_mask, scaling=self.scaling, dropout=0.0, **kwargs)
+        return self.c_proj(out.reshape(b, t, -1)), weights
+
+
+class NanoChatGPTMLP(nn.Module):
+    def __init__(self, config: NanoChatGPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.c_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.c_proj.zero_init = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.relu(self.c_fc(x)).square())
+
+
+class NanoChatGPTBlock(GradientCheckpointingLayer):
+    def __init__(self, config: NanoChatGPTConfig, layer_idx: int):
+        super().__init__()
+        self.eps = config.rms_norm_eps
+        self.attn = NanoChatGPTAttention(config, layer_idx)
+        self.mlp = NanoChatGPTMLP(config)
+
+    def forward(self, hidden_states, cos_sin, attention_mask=None, past_key_values=None, **kwargs):
+        attn_out, weights = self.attn(rms_norm(hidden_states, self.eps), cos_sin, attention_mask, past_key_values, **kwargs)
+        hidden_states = hidden_states + attn_out
+        hidden_states = hidden_states + self.mlp(rms_norm(hidden_states, self.eps))
+        return hidden_states, weights
+
+
+class NanoChatGPTPreTrainedModel(PreTrainedModel):
+    config_class = NanoChatGPTConfig
+    config: NanoChatGPTConfig
+    base_model_prefix = "transformer"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["NanoChatGPTBlock"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # transformers only calls this for modules that own parameters (the leaves), so
+        # output projections are recognised by the `zero_init` tag set where they are built.
+        if isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=1.0)
+        elif isinstance(module, nn.Linear):
+            if getattr(module, "zero_init", False):
+                init.zeros_(module.weight)
+            else:
+                # nanochat: std 1/sqrt(fan_in), shrunk further for matrices that narrow the stream.
+                fan_out, fan_in = module.weight.shape
+                init.normal_(module.weight, mean=0.0, std=fan_in**-0.5 * min(1.0, (fan_out / fan_in) ** 0.5))
+
+
+class NanoChatGPTModel(NanoChatGPTPreTrainedModel):
+    """The backbone: embeddings and blocks, returning the final normed hidden states."""
+
+    def __init__(self, config: NanoChatGPTConfig):
+        super().__init__(config)
+        self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.h = nn.ModuleList(NanoChatGPTBlock(config, i) for i in range(config.num_hidden_layers))
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.wte
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.wte = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds")
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if self.gradient_checkpointing and self.training:
+            use_cache = False  # a cache is pointless (and wrong) when blocks are recomputed
+        if inputs_embeds is None:
+            inputs_embeds = self.wte(input_ids)
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        if position_ids is None:
+            offset = past_key_values.get_seq_length() if past_key_values is not None else 0
+            position_ids = torch.arange(offset, offset + inputs_embeds.shape[1], device=inputs_embeds.device)[None]
+            if attention_mask is not None and attention_mask.ndim == 2 and not torch.all(attention_mask):
+                # Left padding: real tokens count positions from 0 like an unpadded prompt.
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -inputs_embeds.shape[1] :]
+
+        # Padding, KV offsets and packed documents (position_ids that restart at 0 with no
+        # attention_mask) all become one mask here; None means "plain causal" for SDPA.
+        mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            position_ids=position_ids,
+        )
+        cos_sin = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, inputs_embeds.dtype)
+
+        hidden = rms_norm(inputs_embeds, self.config.rms_norm_eps)
+        all_hidden = (hidden,) if output_hidden_states else None
+        all_attn = () if output_attentions else None
+        for block in self.h:
+            hidden, weights = block(hidden, cos_sin, mask, past_key_values, **kwargs)
+            if output_hidden_states:
+                all_hidden += (hidden,)
+            if output_attentions:
+                all_attn += (weights,)
+        hidden = rms_norm(hidden, self.config.rms_norm_eps)
+        if output_hidden_states:
+            all_hidden = all_hidden[:-1] + (hidden,)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=all_hidden,
+            attentions=all_attn,
+        )
+
+
+class NanoChatGPTForCausalLM(NanoChatGPTPreTrainedModel, GenerationMixin):
+    """Backbone + untied lm_head with fp32 soft-capped logits and an fp32 loss."""
+
+    _tied_weights_keys: dict[str, str] = {}
+
+    def __init__(self, config: NanoChatGPTConfig):
+        super().__init__(config)
+        self.transformer = NanoChatGPTModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head.zero_init = True  # uniform predictions at step 0 (nanochat)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.transformer.wte
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.transformer.wte = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """`labels` are shifted inside (HF convention) unless `shift_labels` (already aligned
+        targets, as a pretraining stream produces) is passed; -100 is ignored. With
+        `num_items_in_batch` the loss is a sum divided by it (exact gradient accumulation)."""
+        out = self.transformer(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            **{k: v for k, v in kwargs.items() if k not in ("shift_labels", "num_items_in_batch")},
+        )
+        hidden = out.last_hidden_state
+        if isinstance(logits_to_keep, int):
+            hidden = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
+        else:
+            hidden = hidden[:, logits_to_keep]
+        logits = self.lm_head(hidden).float()
+        cap = self.config.final_logit_softcapping
+        if cap is not None:
+            logits = cap * torch.tanh(logits / cap)
+
+        loss = None
+        if labels is not None or kwargs.get("shift_labels") is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
+
+    def num_flops_per_token(self) -> int:
+        """Training FLOPs per token (forward + backward), nanochat's estimate:
+        6 * (matmul params, embedding excluded) + 12 * layers * heads * head_dim * seq."""
+        c = self.config
+        n_params = sum(p.numel() for p in self.parameters())
+        n_matmul = n_params - self.transformer.wte.weight.numel()
+        return 6 * n_matmul + 12 * c.num_hidden_layers * c.num_attention_heads * c.head_dim * c.max_position_embeddings
+
+
+__all__ = ["NanoChatGPTPreTrainedModel", "NanoChatGPTModel", "NanoChatGPTForCausalLM"]
