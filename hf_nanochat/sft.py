@@ -1,0 +1,340 @@
+"""Mid-training and SFT stages on TRL's `SFTTrainer` (optionally PEFT LoRA).
+
+What TRL does: batching, packing (best-fit-decreasing, padding-free with position_ids that
+restart per document - the model turns those into per-document causal masks), the assistant-only
+loss from our mask, gradient accumulation, precision, DDP/FSDP through Accelerate, checkpoints.
+What this module adds: the data (a YAML mixture rendered by the one injection-safe
+`render_conversation`, fed pre-tokenized as `input_ids` + `assistant_masks`), nanochat's
+optimizer and schedule (Muon + AdamW from `hf_nanochat.optim`, LR flat then linear warmdown),
+the precision rule shared with pretraining, and the stage contract: read the previous stage's
+`save_pretrained` folder (or Hub id), write this stage's folder with the tokenizer.
+
+With a `peft:` section only LoRA adapters train (AdamW on the adapters) and are saved on their
+own (`adapter_model.safetensors` + `adapter_config.json` pointing at the base);
+`hf-nanochat merge` folds them into a full model folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+STAGES = ("mid", "sft")
+OPTIMIZERS = ("muon", "adamw")
+# nanochat's Linear names; PEFT matches a target by name suffix, so "c_proj" hits both the
+# attention output and the MLP output projections ("attn.c_proj" / "mlp.c_proj" pick one).
+LORA_TARGETS = ("c_q", "c_k", "c_v", "c_proj", "c_fc", "attn.c_proj", "mlp.c_proj")
+
+
+@dataclass
+class LoraSection:
+    """The `peft:` section: a LoRA adapter on nanochat's linear layers."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["c_q", "c_k", "c_v", "c_proj", "c_fc"])
+
+    def __post_init__(self):
+        bad = [t for t in self.target_modules if t not in LORA_TARGETS]
+        if bad or not self.target_modules:
+            raise ValueError(f"peft.target_modules must be nanochat layer names from {LORA_TARGETS}, got {self.target_modules}")
+        if self.r < 1:
+            raise ValueError(f"peft.r must be >= 1, got {self.r}")
+
+
+@dataclass
+class SFTStageConfig:
+    """One chat stage (`stage: mid` or `stage: sft`), read 1:1 from its YAML recipe."""
+
+    stage: str
+    model: str  # the previous stage's save_pretrained folder, or a Hub id
+    output_dir: str  # this stage's save_pretrained folder (checkpoints go in output_dir/checkpoints)
+    train_data: list[dict[str, Any]]  # mixture of chat_data sources
+    eval_data: list[dict[str, Any]] = field(default_factory=list)
+    tokenizer: str | None = None  # default: the tokenizer saved next to `model`
+    max_length: int = 2048  # tokens per packed row / longest conversation (longer ones are cut)
+    packing: bool = True  # pack conversations into rows (padding-free, per-document attention)
+    packing_strategy: str = "bfd"  # TRL: "bfd" truncates over-long conversations, "bfd_split" splits them
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    num_epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides num_epochs
+    optimizer: str = "muon"  # muon | adamw (nanochat's param groups); with peft: AdamW on the adapters
+    matrix_lr: float = 0.02
+    embedding_lr: float = 0.2
+    unembedding_lr: float = 0.004
+    adamw_matrix_lr: float = 0.004  # block matrices when optimizer is adamw
+    learning_rate: float = 1e-3  # LoRA adapters' AdamW LR
+    init_lr_frac: float = 1.0  # every LR above times this (nanochat: 1.0 mid, 0.02 SFT)
+    warmdown_ratio: float = 0.2  # LR flat, then linear to 0 over this last fraction (1.0 = linear decay, nanochat SFT)
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16, resolved as in pretraining
+    activation_checkpointing: bool = False  # recompute blocks in backward (less memory)
+    torch_compile: bool = False
+    logging_steps: int = 10
+    eval_steps: int | None = None  # default: evaluate once at the end when eval_data is given
+    save_steps: int = 500
+    save_total_limit: int | None = 2
+    resume: bool = True  # continue from the newest checkpoint in output_dir/checkpoints if any
+    seed: int = 42
+    dataset_num_proc: int | None = None
+    peft: LoraSection | None = None
+
+    def __post_init__(self):
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if isinstance(self.peft, dict):
+            self.peft = LoraSection(**self.peft)
+        if self.peft is not None and self.optimizer == "muon":
+            raise ValueError("optimizer: muon orthogonalises full weight matrices; LoRA adapters train with optimizer: adamw")
+        if not self.train_data:
+            raise ValueError("data.train must list at least one source")
+        if not 0.0 <= self.warmdown_ratio <= 1.0:
+            raise ValueError(f"warmdown_ratio must be in [0, 1], got {self.warmdown_ratio}")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> SFTStageConfig:
+        raw = dict(raw)
+        data = raw.pop("data", None) or {}
+        if not isinstance(data, dict) or set(data) - {"train", "eval"}:
+            raise ValueError("data must be a mapping with 'train' (and optionally 'eval') source lists")
+        raw["train_data"] = data.get("train") or []
+        raw["eval_data"] = data.get("eval") or []
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - names)
+        if unknown:
+            raise ValueError(f"unknown keys in the {raw.get('stage', 'chat')} stage config: {unknown}")
+        return cls(**raw)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> SFTStageConfig:
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(yaml.safe_load(f) or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["data"] = {"train": out.pop("train_data"), "eval": out.pop("eval_data")}
+        return out
+
+
+# --------------------------------------------------------------------------- data
+def tokenize_conversations(dataset, tokenizer, max_length: int | None = None, num_proc: int | None = None):
+    """`messages` -> `input_ids` + `assistant_masks` through `render_conversation` (never the
+    template-string path, so user text can never become a special token). Conversations without
+    a single trainable token (cut off before the assistant speaks) are dropped."""
+    from hf_nanochat.tokenizer import render_conversation
+
+    def render(row):
+        ids, mask = render_conversation(tokenizer, row["messages"], max_tokens=max_length)
+        return {"input_ids": ids, "assistant_masks": mask}
+
+    out = dataset.map(render, remove_columns=dataset.column_names, num_proc=num_proc, desc="render_conversation")
+    return out.filter(lambda row: any(row["assistant_masks"]), num_proc=num_proc)
+
+
+# --------------------------------------------------------------------------- optimizer
+class NanochatSchedule(torch.optim.lr_scheduler.LambdaLR):
+    """nanochat's LR multiplier (flat, then linear warmdown) and, for Muon groups, its momentum
+    ramp 0.85 -> 0.95 over 300 steps; one scheduler object so Trainer steps both together."""
+
+    def __init__(self, optimizer, num_training_steps: int, warmdown_ratio: float):
+        from hf_nanochat.optim import lr_multiplier
+
+        self.num_training_steps = max(int(num_training_steps), 1)
+        super().__init__(optimizer, lambda step: lr_multiplier(step, self.num_training_steps, warmdown_ratio=warmdown_ratio))
+
+    def step(self, epoch=None):
+        from hf_nanochat.optim import muon_momentum
+
+        super().step() if epoch is None else super().step(epoch)
+        for group in self.optimizer.param_groups:
+            if group.get("kind") == "muon":
+                group["momentum"] = muon_momentum(self.last_epoch)
+
+
+def build_stage_optimizer(model, cfg: SFTStageConfig, device: torch.device) -> torch.optim.Optimizer:
+    """Full fine-tuning: nanochat's Muon/AdamW groups (hf_nanochat.optim). LoRA: AdamW over the
+    trainable adapter weights. Every LR is scaled by `init_lr_frac`."""
+    if cfg.peft is not None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.learning_rate * cfg.init_lr_frac, betas=(0.8, 0.95), eps=1e-10, weight_decay=cfg.weight_decay)
+        for group in opt.param_groups:
+            group["kind"] = "adamw"
+        return opt
+    from hf_nanochat.optim import build_optimizer
+    from hf_nanochat.precision import newton_schulz_dtype
+
+    f = cfg.init_lr_frac
+    return build_optimizer(
+        model,
+        kind=cfg.optimizer,
+        matrix_lr=cfg.matrix_lr * f,
+        embedding_lr=cfg.embedding_lr * f,
+        unembedding_lr=cfg.unembedding_lr * f,
+        adamw_matrix_lr=cfg.adamw_matrix_lr * f,
+        weight_decay=cfg.weight_decay,
+        ns_dtype=newton_schulz_dtype(device),
+    )
+
+
+def lora_config(section: LoraSection):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=section.r,
+        lora_alpha=section.alpha,
+        lora_dropout=section.dropout,
+        target_modules=list(section.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+# --------------------------------------------------------------------------- the stage
+def _device_for_precision() -> torch.device:
+    from accelerate import PartialState
+
+    return PartialState().device
+
+
+def trainer_precision_args(precision: str, device: torch.device) -> dict[str, Any]:
+    """The shared precision rule (hf_nanochat.precision) as TrainingArguments flags."""
+    from hf_nanochat.precision import resolve_precision
+
+    plan = resolve_precision(precision, device, os.environ.get("ACCELERATE_MIXED_PRECISION"))
+    if plan.explicit_fp16:
+        raise ValueError(
+            "fp16 on CPU is not available in the chat stages (Trainer has no CPU GradScaler path); "
+            "use precision: fp32 on CPU, fp16 on P100/V100/T4 GPUs"
+        )
+    print(f"precision: {plan.mode} ({plan.reason})")
+    return {"bf16": plan.mode == "bf16", "fp16": plan.mode == "fp16", "use_cpu": device.type == "cpu"}
+
+
+def _resolve_local(path_or_id: str) -> str:
+    """Local folders become absolute paths, so the adapter config's base_model_name_or_path (and
+    the merge that reads it) works from any working directory."""
+    return str(Path(path_or_id).resolve()) if Path(path_or_id).exists() else path_or_id
+
+
+def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_dataset=None, eval_dataset=None) -> dict[str, Any]:
+    """Run one chat stage and write `cfg.output_dir`; returns the final metrics.
+
+    `model`, `tokenizer` and the (messages) datasets may be passed in (tests, notebooks); by
+    default they come from `cfg.model`, `cfg.tokenizer` and the data mixtures.
+    """
+    import hf_nanochat  # noqa: F401  (registers the model with the Auto classes)
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    from hf_nanochat.chat_data import build_mixture
+    from hf_nanochat.tokenizer import load_tokenizer
+
+    device = _device_for_precision()
+    precision_args = trainer_precision_args(cfg.precision, device)
+    base = _resolve_local(cfg.model)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(_resolve_local(cfg.tokenizer or cfg.model))
+    if model is None:
+        # Master weights stay fp32; autocast does the half-precision compute.
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    if len(tokenizer) > model.config.vocab_size:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's vocabulary is {model.config.vocab_size}")
+
+    if train_dataset is None:
+        train_dataset = build_mixture(cfg.train_data, seed=cfg.seed)
+    if eval_dataset is None and cfg.eval_data:
+        eval_dataset = build_mixture(cfg.eval_data, seed=cfg.seed, shuffle=False)
+    train_tok = tokenize_conversations(train_dataset, tokenizer, cfg.max_length, cfg.dataset_num_proc)
+    eval_tok = tokenize_conversations(eval_dataset, tokenizer, cfg.max_length, cfg.dataset_num_proc) if eval_dataset is not None else None
+    print(f"{cfg.stage}: {len(train_tok):,} training conversations" + (f", {len(eval_tok):,} eval" if eval_tok is not None else ""))
+
+    if cfg.peft is not None:
+        from peft import get_peft_model
+
+        if not model.get_output_embeddings().weight.any():
+            # nanochat zero-initialises lm_head: on an untrained model no gradient reaches the adapters.
+            raise ValueError(f"{cfg.model} has an all-zero lm_head (an untrained model); LoRA needs a pretrained base")
+
+        model = get_peft_model(model, lora_config(cfg.peft))
+        model.print_trainable_parameters()
+    optimizer = build_stage_optimizer(model, cfg, device)
+
+    out = Path(cfg.output_dir)
+    args = SFTConfig(
+        output_dir=str(out / "checkpoints"),
+        max_length=cfg.max_length,
+        packing=cfg.packing,
+        packing_strategy=cfg.packing_strategy,
+        # labels come from our assistant_masks column; TRL's own chat-template masking is off
+        assistant_only_loss=False,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        num_train_epochs=cfg.num_epochs,
+        max_steps=cfg.max_steps,
+        max_grad_norm=cfg.max_grad_norm,
+        activation_checkpointing=cfg.activation_checkpointing,
+        torch_compile=cfg.torch_compile,
+        logging_steps=cfg.logging_steps,
+        eval_strategy="steps" if eval_tok is not None and cfg.eval_steps else "no",
+        eval_steps=cfg.eval_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        seed=cfg.seed,
+        dataset_num_proc=cfg.dataset_num_proc,
+        report_to=[],
+        **precision_args,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_tok,
+        eval_dataset=eval_tok,
+        processing_class=tokenizer,
+        optimizers=(optimizer, None),
+    )
+    # The schedule's horizon depends on how many packed rows TRL made; Trainer computes it the
+    # same way when training starts (create_scheduler keeps a scheduler that is already set).
+    num_steps = trainer.set_initial_training_values(args, trainer.get_train_dataloader())[-1]
+    trainer.lr_scheduler = NanochatSchedule(optimizer, num_steps, cfg.warmdown_ratio)
+    print(f"{cfg.stage}: {num_steps} optimizer steps, optimizer {'lora-adamw' if cfg.peft else cfg.optimizer}")
+
+    last = _latest_checkpoint(Path(args.output_dir)) if cfg.resume else None
+    if last is not None:
+        print(f"resuming from {last}")
+    result = trainer.train(resume_from_checkpoint=str(last) if last else None)
+    metrics = {"stage": cfg.stage, "train_loss": result.training_loss, "global_step": result.global_step}
+    if eval_tok is not None:
+        metrics.update(trainer.evaluate())
+    metrics["log_history"] = trainer.state.log_history
+
+    if trainer.is_world_process_zero():
+        out.mkdir(parents=True, exist_ok=True)
+    trainer.save_model(str(out))  # full model: save_pretrained + code files; LoRA: the adapter only
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(out))
+        with open(out / "stage_config.yaml", "w", encoding="utf-8") as f:
+            yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+        with open(out / "train_metrics.json", "w", encoding="utf-8") as f:
+            json.dump(metrics, f, indent=2, default=float)
+    return metrics
+
+
+def _latest_checkpoint(folder: Path) -> Path | None:
+    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()] if folder.exists() else []
+    return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
+
+
+__all__ = ["LoraSection", "NanochatSchedule", "SFTStageConfig", "build_stage_optimizer", "run_sft_stage", "tokenize_conversations"]
