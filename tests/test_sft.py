@@ -1,0 +1,138 @@
+"""Chat stages on TRL's SFTTrainer: packing isolation, 10-step SFT with and without LoRA, merge."""
+import json
+
+import pytest
+import torch
+from chat_helpers import assistant_loss, tiny_model, tiny_tokenizer
+from datasets import Dataset
+
+from hf_nanochat import chat_data
+from hf_nanochat.sft import SFTStageConfig, run_sft_stage, tokenize_conversations
+
+
+def _train_convs(n=32):
+    return chat_data.build_mixture([{"source": "arithmetic", "size": n}], seed=0)
+
+
+def _cfg(tmp_path, **over):
+    raw = dict(
+        stage="sft", model=str(tmp_path / "base"), output_dir=str(tmp_path / "out"), max_length=128,
+        per_device_train_batch_size=4, max_steps=10, logging_steps=1, save_steps=1000, precision="fp32",
+        optimizer="adamw", adamw_matrix_lr=0.01, init_lr_frac=1.0, warmdown_ratio=0.2,
+        data={"train": [{"source": "arithmetic", "size": 32}]},
+    )
+    raw.update(over)
+    return SFTStageConfig.from_dict(raw)
+
+
+@pytest.fixture
+def base_dir(tmp_path):
+    model, tok = tiny_model(), tiny_tokenizer()
+    model.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    return tmp_path / "base"
+
+
+def test_packed_batch_logits_equal_separate_forwards(tmp_path):
+    """TRL's bfd packing puts several conversations in one row with position_ids restarting at 0;
+    each document must see only itself (the model derives per-document masks from position_ids)."""
+    from trl import SFTConfig, SFTTrainer
+
+    tok, model = tiny_tokenizer(), tiny_model()
+    data = tokenize_conversations(_train_convs(8), tok)
+    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, activation_checkpointing=False, packing=True,
+                     max_length=256, per_device_train_batch_size=1, report_to=[], shuffle_dataset=False)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
+    batch = next(iter(trainer.get_train_dataloader()))
+    pos = batch["position_ids"][0]
+    starts = (pos == 0).nonzero().flatten().tolist() + [len(pos)]
+    assert len(starts) - 1 >= 3, "expected several documents in one packed row"
+    model.eval()
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
+        for a, b in zip(starts[:-1], starts[1:]):
+            alone = model(input_ids=batch["input_ids"][:, a:b]).logits[0]
+            torch.testing.assert_close(packed[a:b], alone, atol=1e-5, rtol=1e-5)
+        # and the check has teeth: without position_ids the later documents see the earlier ones
+        leaky = model(input_ids=batch["input_ids"]).logits[0]
+        assert (leaky[starts[1]:starts[2]] - packed[starts[1]:starts[2]]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_ten_step_sft_lowers_assistant_loss_and_saves_stage(tmp_path, base_dir, packing):
+    from transformers import AutoModelForCausalLM
+
+    from hf_nanochat.tokenizer import load_tokenizer
+
+    tok = tiny_tokenizer()
+    convs = _train_convs()["messages"]
+    before = assistant_loss(AutoModelForCausalLM.from_pretrained(base_dir), tok, convs)
+    metrics = run_sft_stage(_cfg(tmp_path, packing=packing))
+    assert metrics["global_step"] == 10
+    out = tmp_path / "out"
+    after_model = AutoModelForCausalLM.from_pretrained(out)
+    after = assistant_loss(after_model, load_tokenizer(str(out)), convs)
+    assert after < before - 0.5, (before, after)
+    assert (out / "model.safetensors").exists() and (out / "modeling_nanochat_gpt.py").exists()
+    assert json.loads((out / "train_metrics.json").read_text())["global_step"] == 10
+    assert SFTStageConfig.from_yaml(out / "stage_config.yaml").packing == packing
+
+
+def test_muon_stage_follows_nanochat_schedule(tmp_path, base_dir):
+    from hf_nanochat.optim import lr_multiplier
+
+    metrics = run_sft_stage(_cfg(tmp_path, optimizer="muon", matrix_lr=0.02, max_steps=10, warmdown_ratio=0.5, init_lr_frac=0.5))
+    lrs = [h["learning_rate"] for h in metrics["log_history"] if "learning_rate" in h]
+    # logged LR is group 0's: unembedding 0.004 * (64/768)**-0.5 * init_lr_frac, flat then linear warmdown
+    base = 0.004 * (64 / 768) ** -0.5 * 0.5
+    assert lrs == pytest.approx([base * lr_multiplier(s, 10, warmdown_ratio=0.5) for s in range(10)], rel=1e-4)
+    losses = [h["loss"] for h in metrics["log_history"] if "loss" in h]
+    assert losses[-1] < losses[0] - 1.0
+
+
+def test_lora_stage_trains_adapters_only_and_merge_matches(tmp_path, base_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from hf_nanochat.merge import merge_adapter
+
+    tok = tiny_tokenizer()
+    convs = _train_convs()["messages"]
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    before = assistant_loss(base, tok, convs)
+    run_sft_stage(_cfg(tmp_path, peft={"r": 8, "alpha": 16, "target_modules": ["c_q", "c_v", "c_proj", "c_fc"]}, learning_rate=2e-2))
+    out = tmp_path / "out"
+    assert (out / "adapter_model.safetensors").exists() and not (out / "model.safetensors").exists()
+    adapter_cfg = json.loads((out / "adapter_config.json").read_text())
+    assert set(adapter_cfg["target_modules"]) == {"c_q", "c_v", "c_proj", "c_fc"}
+
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), out)
+    after = assistant_loss(adapted, tok, convs)
+    assert after < before - 0.3, (before, after)
+
+    merged = merge_adapter(str(out), str(tmp_path / "merged"))
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    x = torch.tensor([tok.encode("What is 12 + 30? Let me use the calculator")])
+    with torch.no_grad():
+        ref = adapted.eval()(input_ids=x).logits
+        torch.testing.assert_close(merged.eval()(input_ids=x).logits, ref, atol=1e-5, rtol=0)
+        torch.testing.assert_close(reloaded.eval()(input_ids=x).logits, ref, atol=1e-5, rtol=0)
+        # the base is untouched by training: the adapter is what changed the outputs
+        assert (base.eval()(input_ids=x).logits - ref).abs().max() > 1e-3
+
+
+def test_stage_config_rejects_bad_recipes(tmp_path):
+    with pytest.raises(ValueError, match="unknown keys"):
+        _cfg(tmp_path, learning_rat=1)
+    with pytest.raises(ValueError, match="LoRA adapters train with optimizer: adamw"):
+        _cfg(tmp_path, optimizer="muon", peft={"r": 4})
+    with pytest.raises(ValueError, match="nanochat layer names"):
+        _cfg(tmp_path, peft={"target_modules": ["q_proj"]})
+    with pytest.raises(ValueError, match="stage must be"):
+        _cfg(tmp_path, stage="rl")
+
+
+def test_lora_on_untrained_base_is_refused(tmp_path):
+    model, tok = tiny_model(pretrained_like=False), tiny_tokenizer()
+    with pytest.raises(ValueError, match="all-zero lm_head"):
+        run_sft_stage(_cfg(tmp_path, peft={"r": 4}), model=model, tokenizer=tok, train_dataset=Dataset.from_dict({"messages": _train_convs(4)["messages"]}))
