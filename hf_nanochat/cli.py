@@ -14,6 +14,7 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("hf_nanochat.info", "print model shapes and parameter counts for depths"),
+    "convert": ("hf_nanochat.convert", "convert weights: to/from transformers' built-in nanochat, from a nanochat checkpoint"),
 }
 
 
