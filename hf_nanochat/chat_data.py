@@ -56,12 +56,6 @@ def messages_from_openai(rows: list[dict]) -> list[dict]:
     return [message(m["role"], m["content"]) for m in rows]
 
 
-def answer_text(msg: dict) -> str:
-    """The text an assistant message shows (text + tool output parts, as a user reads it)."""
-    content = msg["content"]
-    return content if isinstance(content, str) else "".join(p["text"] for p in content if p["type"] != "python")
-
-
 # --------------------------------------------------------------------------- synthetic sources
 def load_words(path: str | Path | None = None) -> list[str]:
     """The word list for the spelling tasks: bundled (~350 common words) or a file, one word a line

@@ -16,6 +16,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("hf_nanochat.info", "print model shapes and parameter counts for depths"),
     "convert": ("hf_nanochat.convert", "convert weights: to/from transformers' built-in nanochat, from a nanochat checkpoint"),
     "push": ("hf_nanochat.hub", "upload a model folder to the Hugging Face Hub with a model card"),
+    "eval": ("hf_nanochat.chat_eval", "evaluate a model: base (val bpb) or chat (ARC, MMLU, GSM8K, HumanEval, spelling, ChatCORE)"),
+    "merge": ("hf_nanochat.merge", "merge a LoRA adapter folder into its base model: merge ADAPTER_DIR OUT"),
 }
 
 

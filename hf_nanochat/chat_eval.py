@@ -1,0 +1,292 @@
+"""`hf-nanochat eval`: nanochat's evaluations of a base or chat model.
+
+Base model: validation bits per byte on the pretraining data's val split.
+Chat model (nanochat's ChatCORE tasks):
+  * ARC-Easy, ARC-Challenge, MMLU - multiple choice scored without sampling: the prompt ends in
+    `<|assistant_start|>` and the prediction is the answer letter with the highest logit there
+    (among the question's letters only).
+  * GSM8K, SpellingBee - generation through `Engine` (with the calculator tool); correct when
+    the `#### N` answer matches the reference.
+  * HumanEval - generation, then the program + the task's tests run in `hf_nanochat.sandbox`.
+ChatCORE (nanochat): each task's accuracy centred on its random baseline,
+(acc - baseline) / (1 - baseline) with baseline 0.25 for the 4-way multiple choice tasks and 0
+for the generative ones, averaged over the tasks. Results go to JSON and a markdown table.
+
+Tasks load from the Hub or from local files (`--data GSM8K=./gsm8k_test.jsonl`), rows in the
+Hub dataset's own format.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hf_nanochat import chat_data
+
+ANSWER_RE = re.compile(r"#### (\-?[0-9\.\,]+)")
+
+
+def extract_answer(text: str) -> str | None:
+    """The number after `####` (GSM8K's official normalisation: commas removed)."""
+    match = ANSWER_RE.search(text)
+    return match.group(1).strip().replace(",", "") if match else None
+
+
+def reference_text(record: dict) -> str:
+    """The reference assistant message's text (python calls left out)."""
+    return "".join(p["text"] for p in record["messages"][-1]["content"] if p["type"] != "python")
+
+
+def numeric_answer_correct(record: dict, completion: str) -> bool:
+    ref = extract_answer(reference_text(record))
+    return ref is not None and extract_answer(completion) == ref
+
+
+CODE_BLOCK_RE = re.compile(r"```(?:python)?\s*\n(.*?)\n```", re.DOTALL)
+
+
+def humaneval_program(record: dict, completion: str) -> str:
+    """The prompt's imports + the completion's code (first fenced block if any) + the task's
+    tests + `check(entry_point)`: the program the sandbox runs."""
+    prompt = record["messages"][0]["content"][0]["text"]
+    imports = []
+    for line in prompt.splitlines():
+        stripped = line.strip()
+        if stripped.startswith(("import ", "from ")):
+            imports.append(stripped)
+        elif stripped and not stripped.startswith("#"):
+            break
+    blocks = CODE_BLOCK_RE.findall(completion)
+    code = (blocks[0] if blocks else completion).strip()
+    return "\n".join(imports) + "\n\n" + code + "\n\n" + record["test"] + "\n" + f"check({record['entry_point']})\n"
+
+
+def humaneval_correct(record: dict, completion: str, timeout: float = 5.0) -> bool:
+    from hf_nanochat.sandbox import run_python
+
+    return run_python(humaneval_program(record, completion), timeout=timeout).success
+
+
+@dataclass(frozen=True)
+class ChatTask:
+    kind: str  # "categorical" | "generative"
+    baseline: float  # accuracy of random guessing, for ChatCORE
+    load: Callable[[str | None], Any]  # local path or None (Hub) -> Dataset of records
+    check: Callable[[dict, str], bool] | None = None  # generative tasks: record, completion -> correct
+
+
+TASKS: dict[str, ChatTask] = {
+    "ARC-Easy": ChatTask("categorical", 0.25, lambda path: chat_data.arc("ARC-Easy", "test", path)),
+    "ARC-Challenge": ChatTask("categorical", 0.25, lambda path: chat_data.arc("ARC-Challenge", "test", path)),
+    "MMLU": ChatTask("categorical", 0.25, lambda path: chat_data.mmlu("all", "test", path)),
+    "GSM8K": ChatTask("generative", 0.0, lambda path: chat_data.gsm8k("main", "test", path), numeric_answer_correct),
+    "HumanEval": ChatTask("generative", 0.0, lambda path: chat_data.humaneval("test", path), humaneval_correct),
+    # synthetic and offline: the test split's seeds never meet the training split's
+    "SpellingBee": ChatTask("generative", 0.0, lambda path: chat_data.spelling_bee(size=256, split="test", words_path=path), numeric_answer_correct),
+}
+
+
+def chatcore(accuracies: dict[str, float]) -> float:
+    """Mean over tasks of (accuracy - baseline) / (1 - baseline)."""
+    if not accuracies:
+        raise ValueError("no task accuracies to aggregate")
+    centred = [(acc - TASKS[name].baseline) / (1.0 - TASKS[name].baseline) for name, acc in accuracies.items()]
+    return sum(centred) / len(centred)
+
+
+# --------------------------------------------------------------------------- scoring
+def _prompt(tokenizer, record: dict) -> list[int]:
+    from hf_nanochat.tokenizer import render_for_completion
+
+    return render_for_completion(tokenizer, record["messages"][:-1])
+
+
+@torch.no_grad()
+def predict_letters(model, tokenizer, records: list[dict], batch_size: int = 8) -> list[str]:
+    """For each multiple-choice record, the letter whose token has the highest logit right after
+    `<|assistant_start|>`, among that record's letters."""
+    from hf_nanochat.tokenizer import encode_plain
+
+    letter_ids: dict[str, int] = {}
+    device = next(model.parameters()).device
+    pad = tokenizer.convert_tokens_to_ids("<|bos|>")  # positions after the answer are never read
+    predictions = []
+    for i in range(0, len(records), batch_size):
+        batch = records[i : i + batch_size]
+        prompts = [_prompt(tokenizer, r) for r in batch]
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([p + [pad] * (width - len(p)) for p in prompts], device=device)
+        logits = model(input_ids=ids).logits
+        for j, (record, prompt) in enumerate(zip(batch, prompts)):
+            for letter in record["letters"]:
+                if letter not in letter_ids:
+                    enc = encode_plain(tokenizer, [letter])[0]
+                    if len(enc) != 1:
+                        raise ValueError(f"answer letter {letter!r} is {len(enc)} tokens; multiple choice needs single-token letters")
+                    letter_ids[letter] = enc[0]
+            choice_logits = logits[j, len(prompt) - 1, [letter_ids[x] for x in record["letters"]]]
+            predictions.append(record["letters"][int(choice_logits.argmax())])
+    return predictions
+
+
+def engine_generator(model, tokenizer, num_samples: int = 1, max_tokens: int = 512, temperature: float = 0.0, top_k: int | None = 50, seed: int = 42):
+    """prompt ids -> decoded completions, through the chat Engine (which runs calculator calls)."""
+    from hf_nanochat.engine import Engine
+
+    engine = Engine(model, tokenizer)
+
+    def generate(prompt_ids: list[int]) -> list[str]:
+        outs = engine.generate(prompt_ids, num_samples=num_samples, max_tokens=max_tokens, temperature=temperature, top_k=top_k, seed=seed)
+        return [tokenizer.decode(o, skip_special_tokens=True) for o in outs]
+
+    return generate
+
+
+def score_generative(tokenizer, records: list[dict], check: Callable[[dict, str], bool], generate: Callable[[list[int]], list[str]]) -> list[bool]:
+    """A record passes when any of its sampled completions is correct (pass@k, k = num_samples)."""
+    return [any(check(r, c) for c in generate(_prompt(tokenizer, r))) for r in records]
+
+
+def evaluate_chat(
+    model,
+    tokenizer,
+    tasks: list[str] | None = None,
+    data_paths: dict[str, str] | None = None,
+    max_problems: int | None = None,
+    batch_size: int = 8,
+    generate: Callable[[list[int]], list[str]] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Accuracy per task and the ChatCORE aggregate over the tasks run."""
+    tasks = list(TASKS) if tasks is None else tasks
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown tasks {unknown}; choose from {list(TASKS)}")
+    data_paths = data_paths or {}
+    model.eval()
+    results: dict[str, Any] = {"tasks": {}}
+    for name in tasks:
+        task = TASKS[name]
+        ds = task.load(data_paths.get(name))
+        if max_problems is not None:
+            ds = ds.select(range(min(max_problems, len(ds))))
+        records = list(ds)
+        if task.kind == "categorical":
+            correct = [p == r["answer"] for p, r in zip(predict_letters(model, tokenizer, records, batch_size), records)]
+        else:
+            gen = generate or engine_generator(model, tokenizer)
+            correct = score_generative(tokenizer, records, task.check, gen)
+        acc = sum(correct) / max(len(correct), 1)
+        results["tasks"][name] = {"accuracy": acc, "correct": sum(correct), "total": len(correct), "baseline": task.baseline}
+        if progress:
+            print(f"{name}: {sum(correct)}/{len(correct)} = {100 * acc:.2f}%")
+    accs = {n: r["accuracy"] for n, r in results["tasks"].items()}
+    results["chatcore"] = chatcore(accs)
+    results["chatcore_complete"] = set(accs) == set(TASKS)  # nanochat's number needs all six tasks
+    return results
+
+
+# --------------------------------------------------------------------------- base models
+def evaluate_base(model, tokenizer, source: str, seq_len: int, batch_size: int, max_batches: int | None) -> dict[str, Any]:
+    """Validation bits per byte on the val split of a pretraining source (pretraining's own
+    stream and `evaluate_bpb`)."""
+    import contextlib
+    import itertools
+
+    from accelerate import Accelerator
+
+    from hf_nanochat.data import PretrainStream
+    from hf_nanochat.pretrain import evaluate_bpb
+    from hf_nanochat.tokenizer import token_byte_lengths
+
+    stream = PretrainStream(tokenizer, source=source, seq_len=seq_len, batch_size=batch_size, split="val")
+    batches = list(itertools.islice(iter(stream), max_batches))
+    if not batches:
+        raise ValueError(f"the val split of {source} has no full batch of {batch_size} x {seq_len} tokens")
+    bpb = evaluate_bpb(model, iter(batches), len(batches), token_byte_lengths(tokenizer), contextlib.nullcontext, Accelerator(cpu=next(model.parameters()).device.type == "cpu"))
+    return {"val_bpb": bpb, "val_tokens": len(batches) * batch_size * seq_len, "source": source}
+
+
+# --------------------------------------------------------------------------- report
+def markdown_table(results: dict[str, Any], title: str) -> str:
+    lines = [f"## {title}", ""]
+    if "val_bpb" in results:
+        lines += ["| metric | value |", "|---|---|", f"| val bpb | {results['val_bpb']:.4f} |", f"| val tokens | {results['val_tokens']:,} |"]
+        return "\n".join(lines) + "\n"
+    lines += ["| task | accuracy | correct / total | centred |", "|---|---|---|---|"]
+    for name, r in results["tasks"].items():
+        centred = (r["accuracy"] - r["baseline"]) / (1 - r["baseline"])
+        lines.append(f"| {name} | {100 * r['accuracy']:.2f}% | {r['correct']} / {r['total']} | {centred:.4f} |")
+    note = "" if results["chatcore_complete"] else " (partial: not all six tasks)"
+    lines.append(f"| **ChatCORE**{note} | | | **{results['chatcore']:.4f}** |")
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="save_pretrained folder or Hub id")
+    parser.add_argument("--kind", choices=["chat", "base"], default="chat", help="chat: ChatCORE tasks; base: validation bpb")
+    parser.add_argument("--tasks", default=None, help=f"comma-separated subset of {','.join(TASKS)} (default: all)")
+    parser.add_argument("--data", action="append", default=[], metavar="TASK=PATH", help="read a task from a local file/folder instead of the Hub (repeatable)")
+    parser.add_argument("--max-problems", type=int, default=None, help="evaluate the first N problems of each task")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--num-samples", type=int, default=1, help="generations per problem (pass@k)")
+    parser.add_argument("--max-tokens", type=int, default=512)
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--top-k", type=int, default=50)
+    parser.add_argument("--source", default=None, help="base: pretraining data source (default: pretraining's default)")
+    parser.add_argument("--seq-len", type=int, default=2048)
+    parser.add_argument("--max-batches", type=int, default=None, help="base: val batches to read (default: the whole val split)")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--out", default=None, help="write results JSON here (default: MODEL/eval_KIND.json for local folders)")
+    parser.add_argument("--markdown", default=None, help="write the markdown table here (default: next to --out)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from hf_nanochat.engine import load_chat_model
+
+    model, tokenizer = load_chat_model(args.model, device=args.device)
+    if args.kind == "base":
+        from hf_nanochat.data import DEFAULT_SOURCE
+
+        results = evaluate_base(model, tokenizer, args.source or DEFAULT_SOURCE, args.seq_len, args.batch_size, args.max_batches)
+    else:
+        data_paths = {}
+        for item in args.data:
+            name, sep, path = item.partition("=")
+            if not sep or name not in TASKS:
+                raise SystemExit(f"--data expects TASK=PATH with TASK in {list(TASKS)}, got {item!r}")
+            data_paths[name] = path
+        generate = engine_generator(model, tokenizer, args.num_samples, args.max_tokens, args.temperature, args.top_k)
+        tasks = args.tasks.split(",") if args.tasks else None
+        results = evaluate_chat(model, tokenizer, tasks, data_paths, args.max_problems, args.batch_size, generate)
+    results["model"] = args.model
+    table = markdown_table(results, f"{'Chat' if args.kind == 'chat' else 'Base'} evaluation: {args.model}")
+    print(table)
+    out = Path(args.out) if args.out else (Path(args.model) / f"eval_{args.kind}.json" if Path(args.model).is_dir() else None)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2))
+        md = Path(args.markdown) if args.markdown else out.with_suffix(".md")
+        md.write_text(table)
+        print(f"wrote {out} and {md}")
+    return 0
+
+
+__all__ = [
+    "TASKS",
+    "chatcore",
+    "engine_generator",
+    "evaluate_base",
+    "evaluate_chat",
+    "extract_answer",
+    "humaneval_program",
+    "markdown_table",
+    "predict_letters",
+    "score_generative",
+]

@@ -1,0 +1,110 @@
+"""Chat evaluation: each task scores a known right answer right and a wrong one wrong."""
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from chat_helpers import tiny_tokenizer
+
+from hf_nanochat import chat_eval
+from hf_nanochat.tokenizer import encode_plain
+
+
+class FavouriteTokenModel(torch.nn.Module):
+    """Stands in for a model that always puts the highest logit on `favourite`, second on `second`."""
+
+    def __init__(self, vocab, favourite, second):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.vocab, self.favourite, self.second = vocab, favourite, second
+
+    def forward(self, input_ids):
+        logits = torch.zeros(*input_ids.shape, self.vocab)
+        logits[..., self.favourite] = 2.0
+        logits[..., self.second] = 1.0
+        return SimpleNamespace(logits=logits)
+
+
+def _arc_row(answer):
+    return {"question": "Which is a mammal?", "choices": {"text": ["shark", "whale", "trout", "eel"], "label": ["A", "B", "C", "D"]}, "answerKey": answer}
+
+
+def test_multiple_choice_scores_the_argmax_letter(tmp_path):
+    tok = tiny_tokenizer()
+    letter = lambda x: encode_plain(tok, [x])[0][0]  # noqa: E731
+    model = FavouriteTokenModel(len(tok), favourite=letter("B"), second=letter("C"))
+    path = tmp_path / "arc.jsonl"
+    path.write_text("\n".join(json.dumps(_arc_row(a)) for a in ["B", "C", "A"]))
+    res = chat_eval.evaluate_chat(model, tok, ["ARC-Easy"], {"ARC-Easy": str(path)}, batch_size=2, progress=False)
+    assert res["tasks"]["ARC-Easy"] == {"accuracy": pytest.approx(1 / 3), "correct": 1, "total": 3, "baseline": 0.25}
+    # only the question's own letters compete: with choices A/C the second favourite (C) wins
+    records = [{"messages": chat_eval.chat_data.mc_record("q", ["x", "y"], 1, letters=["A", "C"])["messages"], "letters": ["A", "C"], "answer": "C"}]
+    assert chat_eval.predict_letters(model, tok, records) == ["C"]
+
+
+def test_gsm8k_scores_the_final_answer(tmp_path):
+    tok = tiny_tokenizer()
+    rows = [{"question": "1+1?", "answer": "1+1=<<1+1=2>>2\n#### 2"}, {"question": "2+3?", "answer": "2+3=<<2+3=5>>5\n#### 5"}]
+    path = tmp_path / "gsm8k.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    completions = iter([["The answer is\n#### 2"], ["I think\n#### 6"]])  # right, then wrong
+    res = chat_eval.evaluate_chat(_Dummy(), tok, ["GSM8K"], {"GSM8K": str(path)}, generate=lambda ids: next(completions), progress=False)
+    assert res["tasks"]["GSM8K"]["correct"] == 1 and res["tasks"]["GSM8K"]["total"] == 2
+    assert chat_eval.extract_answer("so #### 1,234.") == "1234."
+    assert chat_eval.numeric_answer_correct(chat_eval.chat_data.gsm8k_record(rows[0]), "#### 2")
+    assert not chat_eval.numeric_answer_correct(chat_eval.chat_data.gsm8k_record(rows[0]), "no answer")
+
+
+def test_pass_at_k_counts_any_correct_sample():
+    tok = tiny_tokenizer()
+    record = chat_eval.chat_data.gsm8k_record({"question": "q", "answer": "#### 7"})
+    assert chat_eval.score_generative(tok, [record], chat_eval.numeric_answer_correct, lambda ids: ["#### 1", "#### 7"]) == [True]
+    assert chat_eval.score_generative(tok, [record], chat_eval.numeric_answer_correct, lambda ids: ["#### 1", "#### 8"]) == [False]
+
+
+HUMANEVAL_ROW = {
+    "task_id": "HumanEval/0",
+    "prompt": "from typing import List\n\n\ndef add(xs: List[int]) -> int:\n    \"\"\"Sum of xs.\"\"\"\n",
+    "canonical_solution": "    return sum(xs)\n",
+    "test": "def check(candidate):\n    assert candidate([1, 2, 3]) == 6\n    assert candidate([]) == 0\n",
+    "entry_point": "add",
+}
+
+
+def test_humaneval_runs_completions_in_the_sandbox(tmp_path):
+    tok = tiny_tokenizer()
+    path = tmp_path / "humaneval.jsonl"
+    path.write_text(json.dumps(HUMANEVAL_ROW) + "\n" + json.dumps(HUMANEVAL_ROW))
+    right = "```python\ndef add(xs: List[int]) -> int:\n    return sum(xs)\n```"
+    wrong = "def add(xs):\n    return len(xs)\n"
+    completions = iter([[right], [wrong]])
+    res = chat_eval.evaluate_chat(_Dummy(), tok, ["HumanEval"], {"HumanEval": str(path)}, generate=lambda ids: next(completions), progress=False)
+    assert res["tasks"]["HumanEval"]["correct"] == 1
+    record = chat_eval.chat_data.humaneval_record(HUMANEVAL_ROW)
+    hostile = "import os\ndef add(xs):\n    os.remove('/etc/hostname')\n    return sum(xs)\n"
+    assert not chat_eval.humaneval_correct(record, hostile)
+
+
+def test_spelling_bee_is_offline_and_scored():
+    tok = tiny_tokenizer()
+
+    def oracle(prompt_ids):  # answers from the prompt itself: counts the letter in the word
+        return ["#### 0"]
+
+    res = chat_eval.evaluate_chat(_Dummy(), tok, ["SpellingBee"], max_problems=20, generate=oracle, progress=False)
+    records = list(chat_eval.TASKS["SpellingBee"].load(None).select(range(20)))
+    zero = sum(chat_eval.extract_answer(chat_eval.reference_text(r)) == "0" for r in records)
+    assert res["tasks"]["SpellingBee"]["correct"] == zero < 20
+
+
+def test_chatcore_centres_on_baselines_and_table():
+    assert chat_eval.chatcore({"ARC-Easy": 0.25, "GSM8K": 0.0}) == 0.0
+    assert chat_eval.chatcore({"ARC-Easy": 0.5, "GSM8K": 0.2}) == pytest.approx(((0.5 - 0.25) / 0.75 + 0.2) / 2)
+    assert chat_eval.chatcore({name: 1.0 for name in chat_eval.TASKS}) == pytest.approx(1.0)
+    res = {"tasks": {"MMLU": {"accuracy": 0.4, "correct": 4, "total": 10, "baseline": 0.25}}, "chatcore": 0.2, "chatcore_complete": False}
+    table = chat_eval.markdown_table(res, "Chat evaluation")
+    assert "| MMLU | 40.00% | 4 / 10 | 0.2000 |" in table and "partial" in table
+
+
+class _Dummy(torch.nn.Module):
+    """A model slot for generative tasks whose generations the test supplies."""
