@@ -337,4 +337,26 @@ def _latest_checkpoint(folder: Path) -> Path | None:
     return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
 
 
-__all__ = ["LoraSection", "NanochatSchedule", "SFTStageConfig", "build_stage_optimizer", "run_sft_stage", "tokenize_conversations"]
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`train.py --config train_configs/sft.yaml [--key=value ...]` for `stage: mid|sft`; values
+    are YAML scalars (`--max_steps=100`, `--packing=false`)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="chat stage (mid/sft) on TRL's SFTTrainer")
+    parser.add_argument("--config", required=True, help="a train_configs/*.yaml with stage: mid or sft")
+    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    with open(args.config, encoding="utf-8") as f:
+        raw = yaml.safe_load(f) or {}
+    for item in rest:
+        key, sep, value = item.removeprefix("--").partition("=")
+        if not item.startswith("--") or not sep:
+            raise SystemExit(f"overrides look like --key=value, got {item!r}")
+        raw[key.replace("-", "_")] = yaml.safe_load(value)
+    metrics = run_sft_stage(SFTStageConfig.from_dict(raw))
+    print(f"{metrics['stage']}: done, {metrics['global_step']} steps, train loss {metrics['train_loss']:.4f} -> {raw['output_dir']}")
+    return 0
+__all__ = ["LoraSection", "NanochatSchedule", "SFTStageConfig", "build_stage_optimizer", "main", "run_sft_stage", "tokenize_conversations"]

@@ -136,3 +136,23 @@ def test_lora_on_untrained_base_is_refused(tmp_path):
     model, tok = tiny_model(pretrained_like=False), tiny_tokenizer()
     with pytest.raises(ValueError, match="all-zero lm_head"):
         run_sft_stage(_cfg(tmp_path, peft={"r": 4}), model=model, tokenizer=tok, train_dataset=Dataset.from_dict({"messages": _train_convs(4)["messages"]}))
+
+
+@pytest.mark.parametrize("name", ["mid.yaml", "sft.yaml", "mid_tiny_cpu.yaml", "sft_tiny_cpu.yaml"])
+def test_recipes_parse(name):
+    from pathlib import Path
+
+    cfg = SFTStageConfig.from_yaml(Path(__file__).parent.parent / "train_configs" / name)
+    assert cfg.stage in ("mid", "sft") and cfg.train_data
+    if "tiny" in name:  # CI recipes must run offline: synthetic sources only
+        assert {s["source"] for s in cfg.train_data + cfg.eval_data} <= {"arithmetic", "identity", "spelling_bee", "simple_spelling"}
+
+
+def test_tiny_recipe_runs_through_main_with_overrides(tmp_path, base_dir):
+    from pathlib import Path
+
+    from hf_nanochat.sft import main
+
+    recipe = Path(__file__).parent.parent / "train_configs" / "sft_tiny_cpu.yaml"
+    assert main(["--config", str(recipe), f"--model={base_dir}", f"--output_dir={tmp_path / 'sft'}", "--max_steps=3"]) == 0
+    assert json.loads((tmp_path / "sft" / "train_metrics.json").read_text())["global_step"] == 3
