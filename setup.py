@@ -37,6 +37,7 @@ setup(
             "playwright>=1.40",
             "tiktoken>=0.7",
             "rustbpe>=0.1",
+            "lm-eval>=0.4",
         ],
     },
     entry_points={"console_scripts": ["hf-nanochat=hf_nanochat.cli:main"]},
