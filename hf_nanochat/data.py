@@ -156,6 +156,9 @@ def resolve_source(source: str = DEFAULT_SOURCE) -> list[str]:
         bad = [f for f in files if f.suffix not in DATA_EXTENSIONS]
         if bad:
             raise ValueError(f"unsupported data file {str(bad[0])!r}: use one of {', '.join(sorted(DATA_EXTENSIONS))}")
+        files = [f for f in files if f.stat().st_size > 0]  # datasets cannot read an empty jsonl/txt file
+        if not files:
+            raise ValueError(f"data source {source!r} has no documents (its files are empty)")
         return [str(f) for f in files]
     if not _looks_like_hub_id(source):
         raise FileNotFoundError(f"data source {source!r}: no such file or folder (and not a Hub dataset id 'owner/name')")
@@ -194,7 +197,7 @@ def load_documents(source: str = DEFAULT_SOURCE, split: str = "train", text_colu
         ds = datasets.load_dataset(builder, data_files={split: chosen}, split=split, streaming=True, **kwargs)
     else:
         # One file: hold out its last documents. Loading it (memory-mapped Arrow) gives the count.
-        full = datasets.load_dataset(builder, data_files={"all": files}, split="all", **kwargs)
+        full = datasets.load_dataset(builder, data_files={"train": files}, split="train", **kwargs)
         n_val = max(1, int(len(full) * VAL_FRACTION)) if len(full) >= 2 else 0
         picked = range(len(full) - n_val) if split == "train" else range(len(full) - n_val, len(full))
         ds = full.select(picked).to_iterable_dataset(num_shards=min(64, max(1, len(picked))))
