@@ -14,6 +14,7 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("hf_nanochat.info", "print model shapes and parameter counts for depths"),
+    "tokenizer": ("hf_nanochat.tokenizer_cli", "train nanochat's BPE tokenizer, or print its bytes-per-token table"),
 }
 
 

@@ -41,6 +41,7 @@ OFFLINE_SOURCE = "offline"  # ask for the stdlib corpus explicitly
 DATA_EXTENSIONS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".txt": "text"}
 VAL_FRACTION = 0.01  # documents held out when a source is a single file
 SPLITS = ("train", "val")
+_NOTIFIED: list[bool] = []  # the offline-fallback notice was printed
 
 
 # ---------------------------------------------------------------- offline corpus
@@ -168,11 +169,13 @@ def resolve_source(source: str = DEFAULT_SOURCE) -> list[str]:
         if source != DEFAULT_SOURCE:
             raise ValueError(f"could not read Hub dataset {source!r} ({type(err).__name__}: {err})") from err
         folder = offline_corpus()
-        print(
-            f"notice: Hub dataset {source!r} is unreachable ({type(err).__name__}); using the offline corpus "
-            f"built from Python's own docs and source at {folder}",
-            flush=True,
-        )
+        if not _NOTIFIED:  # once per process, not once per split or rank
+            print(
+                f"notice: Hub dataset {source!r} is unreachable ({type(err).__name__}); using the offline corpus "
+                f"built from Python's own docs and source at {folder}",
+                flush=True,
+            )
+            _NOTIFIED.append(True)
         return [str(p) for p in _data_files(folder)]
 
 

@@ -207,6 +207,7 @@ def test_default_source_falls_back_to_offline_corpus(tmp_path, monkeypatch, caps
         return offline_corpus(tmp_path / "corpus", max_bytes=100_000, num_shards=2)
 
     monkeypatch.setattr(data, "offline_corpus", small_corpus)
+    monkeypatch.setattr(data, "_NOTIFIED", [])
     files = resolve_source(data.DEFAULT_SOURCE)  # conftest switches the Hub off
     assert "unreachable" in capsys.readouterr().out and calls
     assert [p.rsplit("/", 1)[-1] for p in files] == ["shard_00000.parquet", "shard_00001.parquet"]

@@ -240,3 +240,26 @@ def test_token_byte_lengths(tok):
 def test_render_conversation_exported_from_package():
     assert hf_nanochat.render_conversation is render_conversation
     assert "render_conversation" in hf_nanochat.__all__
+
+
+def test_cli_train_then_eval(tmp_path, capsys):
+    from hf_nanochat.cli import main
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for f in range(2):
+        (corpus / f"{f}.txt").write_text("\n\n".join(f"paragraph {f}-{i}: " + pydoc_data.topics.topics["if"] for i in range(30)))
+    out = tmp_path / "tok"
+    assert main(["tokenizer", "train", "--data", str(corpus), "--vocab-size", "400", "--output", str(out)]) == 0
+    loaded = AutoTokenizer.from_pretrained(out)
+    assert isinstance(loaded, NanoChatTokenizer) and len(loaded) == 400
+    assert loaded.convert_ids_to_tokens(391) == "<|bos|>"
+    assert main(["tokenizer", "eval", "--tokenizer", str(out), "--data", str(corpus)]) == 0
+    table = capsys.readouterr().out
+    from hf_nanochat.data import load_documents
+
+    val_text = "\n".join(ex["text"] for ex in load_documents(str(corpus), "val"))
+    assert val_text.startswith("paragraph 1-0") and "paragraph 0-" not in val_text  # the last file only
+    val_row = next(line for line in table.splitlines() if line.startswith("data-val"))
+    assert val_row.split()[1] == f"{len(val_text.encode()):,}"  # the held-out file, all of it
+    assert "python-code" in table and "multilingual" in table
