@@ -1,8 +1,8 @@
 """Tokenizer: training, save/load, round trip, nanochat's chat rendering and its safety."""
 import pydoc_data.topics
 
-import torch
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
