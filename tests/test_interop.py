@@ -12,7 +12,7 @@ from trained_folder import make_trained_folder
 
 from hf_nanochat import NanoChatGPTForCausalLM
 from hf_nanochat.hub import build_upload_folder
-from hf_nanochat.tokenizer import load_tokenizer
+from hf_nanochat.tokenizer import load_tokenizer, render_for_completion
 
 QUESTION = [{"role": "user", "content": "Why is the sky blue?"}]
 NEW_TOKENS = 16
@@ -22,12 +22,11 @@ NEW_TOKENS = 16
 def test_hub_folder_in_another_project(tmp_path):
     folder = build_upload_folder(make_trained_folder(tmp_path / "trained"), tmp_path / "repo", "someone/nanochat-d2")
     model = NanoChatGPTForCausalLM.from_pretrained(folder).eval()
-    tok = load_tokenizer(str(folder))
-    prompt = tok.apply_chat_template(QUESTION, add_generation_prompt=True, return_dict=True, return_tensors="pt")
+    prompt = torch.tensor([render_for_completion(load_tokenizer(str(folder)), QUESTION)])
     with torch.no_grad():
-        generated = model.generate(**prompt, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
-        logits = model(prompt["input_ids"]).logits
-    torch.save({"prompt": prompt["input_ids"], "generated": generated, "logits": logits}, tmp_path / "expected.pt")
+        generated = model.generate(prompt, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
+        logits = model(prompt).logits
+    torch.save({"prompt": prompt, "generated": generated, "logits": logits}, tmp_path / "expected.pt")
 
     result = run_without_hf_nanochat(f"""
 import re
