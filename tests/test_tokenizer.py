@@ -209,6 +209,11 @@ def test_render_for_completion(tok):
     assert ids == render_conversation(tok, messages)[0] + [sid(tok, "<|assistant_start|>")]
     assert ids == TokenizersBackend.apply_chat_template(tok, messages, add_generation_prompt=True, return_dict=False)
     assert ids == tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
+    # Tensors keep the batch dimension, as transformers' own path does, so generate(**inputs) works.
+    batch = tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, return_tensors="pt")
+    reference = TokenizersBackend.apply_chat_template(tok, messages, add_generation_prompt=True, return_dict=True, return_tensors="pt")
+    assert batch["input_ids"].shape == reference["input_ids"].shape == (1, len(ids))
+    assert batch["input_ids"][0].tolist() == ids
     with pytest.raises(ValueError, match="ends with a user message"):
         render_for_completion(tok, TOOL_CONVERSATION)
 
