@@ -83,7 +83,7 @@ class SFTStageConfig:
     eval_steps: int | None = None  # default: evaluate once at the end when eval_data is given
     save_steps: int = 500
     save_total_limit: int | None = 2
-    resume: bool = True  # continue from the newest checkpoint in output_dir/checkpoints if any
+    resume: bool = False  # continue from the newest checkpoint in output_dir/checkpoints (train.py --resume)
     seed: int = 42
     dataset_num_proc: int | None = None
     peft: LoraSection | None = None
@@ -348,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description="chat stage (mid/sft) on TRL's SFTTrainer")
     parser.add_argument("--config", required=True, help="a train_configs/*.yaml with stage: mid or sft")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir/checkpoints")
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     with open(args.config, encoding="utf-8") as f:
         raw = yaml.safe_load(f) or {}
@@ -356,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
         if not item.startswith("--") or not sep:
             raise SystemExit(f"overrides look like --key=value, got {item!r}")
         raw[key.replace("-", "_")] = yaml.safe_load(value)
+    if args.resume:
+        raw["resume"] = True
     metrics = run_sft_stage(SFTStageConfig.from_dict(raw))
     print(f"{metrics['stage']}: done, {metrics['global_step']} steps, train loss {metrics['train_loss']:.4f} -> {raw['output_dir']}")
     return 0

@@ -156,3 +156,22 @@ def test_tiny_recipe_runs_through_main_with_overrides(tmp_path, base_dir):
     recipe = Path(__file__).parent.parent / "train_configs" / "sft_tiny_cpu.yaml"
     assert main(["--config", str(recipe), f"--model={base_dir}", f"--output_dir={tmp_path / 'sft'}", "--max_steps=3"]) == 0
     assert json.loads((tmp_path / "sft" / "train_metrics.json").read_text())["global_step"] == 3
+
+
+def test_train_py_dispatches_chat_stages(tmp_path, base_dir):
+    """`train.py --config <stage: sft recipe>` runs the TRL stage (same entry point as pretraining)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    out = tmp_path / "sft"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, str(root / "train.py"), "--config", str(root / "train_configs" / "sft_tiny_cpu.yaml"), f"--model={base_dir}", f"--output_dir={out}", "--max_steps=2"],
+        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "train_metrics.json").read_text())["global_step"] == 2
+    assert "sft: done, 2 steps" in proc.stdout
