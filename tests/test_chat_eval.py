@@ -108,3 +108,29 @@ def test_chatcore_centres_on_baselines_and_table():
 
 class _Dummy(torch.nn.Module):
     """A model slot for generative tasks whose generations the test supplies."""
+
+
+def test_base_eval_bpb_matches_closed_form(tmp_path):
+    """An untrained nanochat model (zero lm_head) predicts uniformly: every token costs log2(V)
+    bits, so bpb = log2(V) * (tokens with bytes) / (their bytes) on the very batches read."""
+    import math
+
+    from chat_helpers import tiny_model
+
+    from hf_nanochat.data import PretrainStream
+    from hf_nanochat.tokenizer import token_byte_lengths
+
+    tok = tiny_tokenizer()
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for i in range(2):  # the last file is the val split
+        (folder / f"shard_{i}.jsonl").write_text("\n".join(json.dumps({"text": f"document {i}-{j}: the quick brown fox counts {j * 7} apples"}) for j in range(40)))
+    model = tiny_model(pretrained_like=False)
+    res = chat_eval.evaluate_base(model, tok, str(folder), seq_len=32, batch_size=2, max_batches=3)
+    batches = [b for _, b in zip(range(3), PretrainStream(tok, source=str(folder), seq_len=32, batch_size=2, split="val"))]
+    nbytes = token_byte_lengths(tok)
+    targets = torch.cat([y.reshape(-1) for _, y in batches])
+    counted = nbytes[targets]
+    expected = math.log2(len(tok)) * int((counted > 0).sum()) / int(counted.sum())
+    assert res["val_bpb"] == pytest.approx(expected, rel=1e-5)
+    assert res["val_tokens"] == 3 * 2 * 32
