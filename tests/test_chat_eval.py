@@ -134,3 +134,29 @@ def test_base_eval_bpb_matches_closed_form(tmp_path):
     expected = math.log2(len(tok)) * int((counted > 0).sum()) / int(counted.sum())
     assert res["val_bpb"] == pytest.approx(expected, rel=1e-5)
     assert res["val_tokens"] == 3 * 2 * 32
+
+
+def test_eval_cli_writes_json_and_markdown(tmp_path):
+    """`hf-nanochat eval` end to end on a saved model with the real Engine and local task files."""
+    pytest.importorskip("hf_nanochat.engine")
+    from chat_helpers import tiny_model
+
+    from hf_nanochat.cli import main
+
+    model_dir = tmp_path / "model"
+    tiny_model().save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    arc = tmp_path / "arc.jsonl"
+    arc.write_text("\n".join(json.dumps(_arc_row(a)) for a in "ABCD"))
+    gsm = tmp_path / "gsm.jsonl"
+    gsm.write_text(json.dumps({"question": "1+1?", "answer": "<<1+1=2>>2\n#### 2"}))
+    out = tmp_path / "report" / "eval.json"
+    rc = main(["eval", str(model_dir), "--tasks", "ARC-Easy,GSM8K", "--data", f"ARC-Easy={arc}", "--data", f"GSM8K={gsm}",
+               "--max-tokens", "8", "--device", "cpu", "--out", str(out)])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    # one letter wins for every question with the same four choices: exactly one of A-D is right
+    assert res["tasks"]["ARC-Easy"]["correct"] == 1 and res["tasks"]["ARC-Easy"]["total"] == 4
+    assert res["tasks"]["GSM8K"]["total"] == 1
+    assert res["chatcore"] == pytest.approx(chat_eval.chatcore({k: v["accuracy"] for k, v in res["tasks"].items()}))
+    assert "| ARC-Easy | 25.00% | 1 / 4 |" in out.with_suffix(".md").read_text()
