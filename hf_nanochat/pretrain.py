@@ -330,14 +330,16 @@ def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: boo
         raise NotImplementedError("device_batch_size: auto (halve on OOM) comes with memory planning; set an integer")
 
     from accelerate import Accelerator, PartialState
-    from accelerate.utils import GradScalerKwargs, set_seed
+    from accelerate.utils import GradScalerKwargs, parse_flag_from_env, set_seed
     from tqdm.auto import tqdm
 
     from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
     from hf_nanochat.modeling.modeling_nanochat_gpt import NanoChatGPTForCausalLM
 
     output_dir = Path(config.output_dir)
-    state = PartialState()
+    # The device decides the precision, which Accelerator() needs: ask PartialState first, with
+    # the CPU flag Accelerator() itself would read (without it gloo ranks start as world size 1).
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     plan: PrecisionPlan = resolve_precision(config.precision, state.device, os.environ.get("ACCELERATE_MIXED_PRECISION"))
     accelerator = Accelerator(
         mixed_precision=plan.accelerate_mixed_precision,
