@@ -224,7 +224,8 @@ class NanoChatGPTModel(NanoChatGPTPreTrainedModel):
             use_cache = False  # a cache is pointless (and wrong) when blocks are recomputed
         if inputs_embeds is None:
             inputs_embeds = self.wte(input_ids)
-        if use_cache and past_key_values is None:
+        fresh_cache = use_cache and past_key_values is None
+        if fresh_cache:
             past_key_values = DynamicCache(config=self.config)
         if position_ids is None:
             offset = past_key_values.get_seq_length() if past_key_values is not None else 0
@@ -235,11 +236,13 @@ class NanoChatGPTModel(NanoChatGPTPreTrainedModel):
 
         # Padding, KV offsets and packed documents (position_ids that restart at 0 with no
         # attention_mask) all become one mask here; None means "plain causal" for SDPA.
+        # transformers only looks for packed documents when no cache is passed, and a cache we
+        # just created is empty, so it is left out of the mask computation.
         mask = create_causal_mask(
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            past_key_values=None if fresh_cache else past_key_values,
             position_ids=position_ids,
         )
         cos_sin = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, inputs_embeds.dtype)
@@ -328,6 +331,8 @@ class NanoChatGPTForCausalLM(NanoChatGPTPreTrainedModel, GenerationMixin):
             logits = cap * torch.tanh(logits / cap)
 
         loss = None
+        if kwargs.get("shift_labels") is not None:
+            kwargs["shift_labels"] = kwargs["shift_labels"].contiguous()  # rows sliced as row[:, 1:]
         if labels is not None or kwargs.get("shift_labels") is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(
