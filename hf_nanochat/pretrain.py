@@ -112,10 +112,12 @@ def estimate_memory_bytes(model, device_batch_size: int, seq_len: int, mode: str
     opt_state = 4 * (n - n_adam) + 8 * n_adam if optimizer == "muon" else 8 * n
     act = 2 if mode in ("fp16", "bf16") else 4
     tokens = device_batch_size * seq_len
-    # ~ per layer per token: fp32 norm inputs (16 B/channel) + ~20 half/fp32 activations of
-    # width n_embd (q, k, v, rotary, attention, 4x MLP hidden twice ...).
-    blocks = c.num_hidden_layers * tokens * c.hidden_size * (16 + 20 * act)
-    logits = tokens * c.vocab_size * 4 * 3  # fp32 logits, soft-capped copy, their gradient
+    # Saved for backward, per layer and token, in eager mode (torch.compile saves less): the two
+    # fp32 residual-stream norm inputs (8 B/channel) and 18 activations of width n_embd at the
+    # autocast width (attention input, rotary q/k, QK-norm inputs, SDPA q/k/v/out, MLP input,
+    # relu and square outputs of width 4*n_embd).
+    blocks = c.num_hidden_layers * tokens * c.hidden_size * (8 + 18 * act)
+    logits = tokens * c.vocab_size * (12 + act)  # lm_head output, fp32 copy, tanh, log-softmax
     parts = {"weights": 4 * n, "grads": 4 * n, "optimizer": opt_state, "activations": blocks + logits}
     parts["total"] = sum(parts.values())
     return parts
@@ -407,6 +409,11 @@ def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: boo
         ns_steps=config.ns_steps,
         ns_dtype=ns_dtype,
     )
+    if config.optimizer == "muon" and accelerator.distributed_type.value == "FSDP":
+        raise NotImplementedError(
+            "Muon with FSDP-sharded parameters (gather each matrix whole) is not implemented yet; "
+            "use optimizer: adamw with fsdp.yaml, or a DDP config"
+        )
     if config.compile:
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -537,6 +544,7 @@ def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: boo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.allow_abbrev = False  # `--dept=4` must be an error, not silently `--depth=4`
     parser.add_argument("--config", help="train config YAML (train_configs/*.yaml)")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
     group = parser.add_argument_group("config overrides (any TrainConfig key, --key=value)")

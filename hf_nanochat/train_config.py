@@ -133,6 +133,12 @@ def _coerce(name: str, value, tp):
         if isinstance(value, bool):
             return value
         raise ValueError(f"{name}: expected true/false, got {value!r}")
+    if tp in (int, float) and isinstance(value, str):
+        try:  # YAML 1.1 reads `1e-3` and `5e5` as strings
+            value = float(value)
+        except ValueError:
+            kind = "an integer" if tp is int else "a number"
+            raise ValueError(f"{name}: expected {kind}, got {value!r}") from None
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
