@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from hf_nanochat.optim import apply_schedule, build_optimizer, lr_multiplier, muon_momentum
+from hf_nanochat.sharding import describe_sharding, fsdp_plugin
 from hf_nanochat.precision import LossScaledStep, PrecisionPlan, newton_schulz_dtype, resolve_precision
 from hf_nanochat.train_config import TrainConfig, config_to_yaml, load_config, parse_value
 
@@ -349,6 +350,7 @@ def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: boo
         log_with=config.log_with or None,
         project_dir=str(output_dir),
         kwargs_handlers=[GradScalerKwargs(init_scale=config.fp16_init_scale)],
+        fsdp_plugin=fsdp_plugin(plan.mode),  # None unless launched with an FSDP config
     )
     device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     checkpointer = Checkpointer(accelerator, output_dir, config.keep_checkpoints)
@@ -409,14 +411,11 @@ def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: boo
         ns_steps=config.ns_steps,
         ns_dtype=ns_dtype,
     )
-    if config.optimizer == "muon" and accelerator.distributed_type.value == "FSDP":
-        raise NotImplementedError(
-            "Muon with FSDP-sharded parameters (gather each matrix whole) is not implemented yet; "
-            "use optimizer: adamw with fsdp.yaml, or a DDP config"
-        )
     if config.compile:
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
+    if accelerator.distributed_type.value == "FSDP":
+        print(describe_sharding(model, rank, world), flush=True)  # every rank: what it holds
     stepper = LossScaledStep(accelerator, plan, init_scale=config.fp16_init_scale)
 
     train_stream = pipeline.make_stream("train", rank, world, config.device_batch_size, config.max_seq_len)
