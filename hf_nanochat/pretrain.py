@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from hf_nanochat.memory import estimate_memory
 from hf_nanochat.optim import apply_schedule, build_optimizer, lr_multiplier, muon_momentum
 from hf_nanochat.sharding import describe_sharding, fsdp_plugin
 from hf_nanochat.precision import LossScaledStep, PrecisionPlan, newton_schulz_dtype, resolve_precision
@@ -63,14 +64,26 @@ class DataPipeline:
     token_bytes: torch.Tensor
 
 
-def default_pipeline(config: TrainConfig) -> DataPipeline:
-    """The real pieces: hf_nanochat.tokenizer and hf_nanochat.data.PretrainStream."""
-    from hf_nanochat.data import PretrainStream
-    from hf_nanochat.tokenizer import load_tokenizer, token_byte_lengths
+def default_pipeline(config: TrainConfig, accelerator) -> DataPipeline:
+    """The real pieces: hf_nanochat.tokenizer and hf_nanochat.data.PretrainStream.
 
-    if config.tokenizer is None:
-        raise ValueError("set `tokenizer:` to a tokenizer folder (train one with `hf-nanochat tokenizer train`)")
-    tokenizer = load_tokenizer(config.tokenizer)
+    With `tokenizer: null` the main process trains nanochat's BPE on the train split once and
+    saves it to output_dir/tokenizer (reused on --resume); the other ranks then load it."""
+    from hf_nanochat.data import PretrainStream, load_documents
+    from hf_nanochat.tokenizer import load_tokenizer, token_byte_lengths, train_tokenizer
+
+    path = Path(config.tokenizer) if config.tokenizer else Path(config.output_dir) / "tokenizer"
+    if config.tokenizer is None and not (path / "tokenizer.json").exists():
+        if accelerator.is_main_process:
+            accelerator.print(f"training a {config.tokenizer_vocab_size}-token BPE on {config.dataset} (train split) -> {path}")
+            texts = (row[config.text_column] for row in load_documents(config.dataset, "train", config.text_column))
+            tmp = path.with_name(TMP_PREFIX + path.name)
+            train_tokenizer(texts, config.tokenizer_vocab_size, config.tokenizer_max_chars).save_pretrained(tmp)
+            os.replace(tmp, path)
+        accelerator.wait_for_everyone()
+    if not path.exists():
+        raise FileNotFoundError(f"tokenizer folder {path} does not exist (set `tokenizer:` or null to train one)")
+    tokenizer = load_tokenizer(str(path))
 
     def make_stream(split, rank, world_size, batch_size, seq_len):
         return PretrainStream(tokenizer, config.dataset, seq_len, batch_size, split=split, rank=rank, world_size=world_size, text_column=config.text_column)
@@ -104,26 +117,6 @@ def resolve_horizon(config: TrainConfig, num_params: int, flops_per_token: int) 
     return max(1, steps), f"target_param_data_ratio={config.target_param_data_ratio:g}"
 
 
-def estimate_memory_bytes(model, device_batch_size: int, seq_len: int, mode: str, optimizer: str) -> dict:
-    """Rough per-device memory under DDP (replicated weights): fp32 weights + grads, optimizer
-    state, and activations saved for backward. `hf-nanochat memory` (FSDP issue) refines this."""
-    c = model.config
-    n = sum(p.numel() for p in model.parameters())
-    n_adam = model.transformer.wte.weight.numel() + model.lm_head.weight.numel()
-    opt_state = 4 * (n - n_adam) + 8 * n_adam if optimizer == "muon" else 8 * n
-    act = 2 if mode in ("fp16", "bf16") else 4
-    tokens = device_batch_size * seq_len
-    # Saved for backward, per layer and token, in eager mode (torch.compile saves less): the two
-    # fp32 residual-stream norm inputs (8 B/channel) and 18 activations of width n_embd at the
-    # autocast width (attention input, rotary q/k, QK-norm inputs, SDPA q/k/v/out, MLP input,
-    # relu and square outputs of width 4*n_embd).
-    blocks = c.num_hidden_layers * tokens * c.hidden_size * (8 + 18 * act)
-    logits = tokens * c.vocab_size * (12 + act)  # lm_head output, fp32 copy, tanh, log-softmax
-    parts = {"weights": 4 * n, "grads": 4 * n, "optimizer": opt_state, "activations": blocks + logits}
-    parts["total"] = sum(parts.values())
-    return parts
-
-
 def peak_flops_per_device(config: TrainConfig, device: torch.device, mode: str) -> float | None:
     if config.peak_flops:
         return config.peak_flops
@@ -155,8 +148,10 @@ def evaluate_bpb(model, batches: Iterator, steps: int, token_bytes: torch.Tensor
     nats = torch.zeros((), dtype=torch.float64, device=accelerator.device)
     n_bytes = torch.zeros((), dtype=torch.float64, device=accelerator.device)
     for _ in range(steps):
-        x, y = next(batches)
-        x, y = x.to(accelerator.device), y.to(accelerator.device)
+        batch = next(batches, None)
+        if batch is None:  # the val split is shorter than eval_tokens: use all of it
+            break
+        x, y = batch[0].to(accelerator.device), batch[1].to(accelerator.device)
         with autocast():
             logits = model(input_ids=x).logits
         y = y.reshape(-1)
@@ -360,7 +355,7 @@ def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: boo
     if resume and not existing:
         accelerator.print(f"--resume: no checkpoint in {output_dir}/checkpoints, starting from scratch")
 
-    pipeline = pipeline or default_pipeline(config)
+    pipeline = pipeline or default_pipeline(config, accelerator)
     tokenizer = pipeline.tokenizer
     set_seed(config.seed)  # same initial weights on every rank
     model_config = NanoChatGPTConfig.from_depth(
@@ -378,7 +373,10 @@ def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: boo
     num_iterations, horizon_why = resolve_horizon(config, num_params, flops_per_token)
     grad_accum = grad_accumulation_steps(config.total_batch_size, config.device_batch_size, config.max_seq_len, world)
     ns_dtype = {"auto": newton_schulz_dtype(device), "bf16": torch.bfloat16, "fp32": torch.float32}[config.ns_dtype]
-    memory = estimate_memory_bytes(model, config.device_batch_size, config.max_seq_len, plan.mode, config.optimizer)
+    memory = estimate_memory(
+        model_config, config.device_batch_size, config.max_seq_len, dtype=plan.mode, world_size=world,
+        optimizer=config.optimizer, on_gpu=device.type == "cuda",
+    ).as_dict()
     total_tokens = num_iterations * config.total_batch_size
 
     plan_lines = [
@@ -394,7 +392,7 @@ def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: boo
         f"compute    {flops_per_token:.3e} FLOPs/token -> {flops_per_token * total_tokens:.3e} FLOPs total",
         f"optimizer  {config.optimizer}"
         + (f" (Muon on block matrices, Newton-Schulz in {str(ns_dtype).removeprefix('torch.')}; AdamW on wte/lm_head)" if config.optimizer == "muon" else ""),
-        f"memory     ~{_human(memory['total'], 'B')} per device (estimate: "
+        f"memory     ~{_human(memory['total'], 'B')} per device (hf_nanochat.memory estimate: "
         + ", ".join(f"{k} {_human(v, 'B')}" for k, v in memory.items() if k != "total")
         + ")",
     ]
@@ -419,6 +417,7 @@ def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: boo
     stepper = LossScaledStep(accelerator, plan, init_scale=config.fp16_init_scale)
 
     train_stream = pipeline.make_stream("train", rank, world, config.device_batch_size, config.max_seq_len)
+    val_stream = pipeline.make_stream("val", rank, world, config.device_batch_size, config.max_seq_len)
     step, skipped_steps = 0, 0
     metrics_path, samples_path = output_dir / "metrics.jsonl", output_dir / "samples.jsonl"
     if resume and existing:
@@ -490,8 +489,10 @@ def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: boo
 
         last = step == num_iterations
         if last or (config.eval_every > 0 and step % config.eval_every == 0):
-            val_stream = pipeline.make_stream("val", rank, world, config.device_batch_size, config.max_seq_len)
-            record["val_bpb"] = evaluate_bpb(model, iter(val_stream), eval_steps, pipeline.token_bytes, stepper.autocast, accelerator)
+            val_batches = iter(val_stream)  # starts from the beginning of the val split every time
+            record["val_bpb"] = evaluate_bpb(model, val_batches, eval_steps, pipeline.token_bytes, stepper.autocast, accelerator)
+            if hasattr(val_batches, "close"):
+                val_batches.close()  # stops the stream's prefetch thread
             completions = sample_completions(accelerator.unwrap_model(model), tokenizer, config.sample_prompts, config.sample_max_tokens, stepper.autocast, device)
             if accelerator.is_main_process:
                 with open(samples_path, "a") as f:
@@ -521,6 +522,8 @@ def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: boo
             }
             last_checkpoint = checkpointer.save(step, model, tokenizer, trainer_state, train_stream)
     progress.close()
+    if hasattr(train_iter, "close"):
+        train_iter.close()
 
     final_model = checkpointer.publish_final_model(last_checkpoint) if last_checkpoint is not None else None
     if config.log_with:
@@ -579,7 +582,6 @@ __all__ = [
     "default_pipeline",
     "grad_accumulation_steps",
     "resolve_horizon",
-    "estimate_memory_bytes",
     "evaluate_bpb",
     "sample_completions",
     "list_checkpoints",

@@ -30,10 +30,10 @@ class TrainConfig:
     num_kv_heads: int | None = None  # grouped-query attention; None = as many as query heads
 
     # --- tokenizer and data -------------------------------------------------------------------
-    tokenizer: str | None = None  # a saved tokenizer folder; None: train one on the train split
+    tokenizer: str | None = None  # a saved tokenizer folder; null: train one (-> output_dir/tokenizer)
     tokenizer_vocab_size: int = 65536  # when training one (nanochat: 2**16)
     tokenizer_max_chars: int | None = 2_000_000_000  # characters read to train it
-    dataset: str = "HuggingFaceFW/fineweb-edu"  # source for PretrainStream (Hub name or local corpus)
+    dataset: str = "karpathy/fineweb-edu-100b-shuffle"  # Hub id, local files/folder, or "offline"
     text_column: str = "text"
 
     # --- batch and horizon ----------------------------------------------------------------
