@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from hf_nanochat.memory import estimate_memory
 from hf_nanochat.optim import apply_schedule, build_optimizer, lr_multiplier, muon_momentum
-from hf_nanochat.sharding import describe_sharding, fsdp_plugin
+from hf_nanochat.sharding import describe_sharding, export_skeleton, fsdp_plugin
 from hf_nanochat.precision import LossScaledStep, PrecisionPlan, newton_schulz_dtype, resolve_precision
 from hf_nanochat.train_config import TrainConfig, config_to_yaml, load_config, parse_value
 
@@ -270,7 +270,7 @@ class Checkpointer:
         (tmp / "state" / f"data_rank{acc.process_index}.json").write_text(json.dumps(stream.state_dict()))
         state_dict = acc.get_state_dict(model)  # collective under FSDP: every rank calls it
         if acc.is_main_process:
-            acc.unwrap_model(model).save_pretrained(tmp / "model", state_dict=state_dict, safe_serialization=True)
+            export_skeleton(acc.unwrap_model(model)).save_pretrained(tmp / "model", state_dict=state_dict, safe_serialization=True)
             tokenizer.save_pretrained(tmp / "model")
             (tmp / "state" / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
         acc.wait_for_everyone()
@@ -331,14 +331,15 @@ def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: boo
         raise NotImplementedError("device_batch_size: auto (halve on OOM) comes with memory planning; set an integer")
 
     from accelerate import Accelerator, PartialState
-    from accelerate.utils import GradScalerKwargs, set_seed
+    from accelerate.utils import GradScalerKwargs, parse_flag_from_env, set_seed
     from tqdm.auto import tqdm
 
     from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
     from hf_nanochat.modeling.modeling_nanochat_gpt import NanoChatGPTForCausalLM
 
     output_dir = Path(config.output_dir)
-    state = PartialState()
+    # cpu= as Accelerator would read it: a PartialState made without it stays single-process on CPU.
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     plan: PrecisionPlan = resolve_precision(config.precision, state.device, os.environ.get("ACCELERATE_MIXED_PRECISION"))
     accelerator = Accelerator(
         mixed_precision=plan.accelerate_mixed_precision,
@@ -425,14 +426,18 @@ def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: boo
         latest = existing[-1]
         accelerator.load_state(str(latest / "state"))
         trainer_state = json.loads((latest / "state" / "trainer_state.json").read_text())
-        if trainer_state["world_size"] != world:
-            raise ValueError(
-                f"{latest} was saved by {trainer_state['world_size']} processes, this run has {world}; "
-                "resuming on a different number of processes needs re-sharding the data stream (not supported yet)"
-            )
         step, skipped_steps = trainer_state["step"], trainer_state["skipped_steps"]
         stepper.skipped_steps = skipped_steps
-        train_stream.load_state_dict(json.loads((latest / "state" / f"data_rank{rank}.json").read_text()))
+        if trainer_state["world_size"] == world:
+            train_stream.load_state_dict(json.loads((latest / "state" / f"data_rank{rank}.json").read_text()))
+        else:
+            # Weights and optimizer state are re-sharded on load (DCP / full state dicts); a data
+            # stream's position belongs to its rank's slice of the documents and has no meaning
+            # for another split of them.
+            accelerator.print(
+                f"resuming on {world} processes from a checkpoint saved by {trainer_state['world_size']}: model, optimizer, "
+                "step and schedules continue exactly; the data streams are re-split and restart at the beginning of the train split"
+            )
         if accelerator.is_main_process:
             _truncate_log(metrics_path, step)
             _truncate_log(samples_path, step)

@@ -58,17 +58,32 @@ def fsdp_plugin(mode: str):
 def describe_sharding(model, rank: int, world: int) -> str:
     """One log line per rank: FSDP units, checkpointed blocks, and the share of parameter
     values this rank really stores (about 1/world under full sharding)."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper  # what Accelerate applies
     from torch.distributed.fsdp import FSDPModule
     from torch.distributed.tensor import DTensor
 
     units = sum(isinstance(m, FSDPModule) for m in model.modules())
-    checkpointed = sum(type(m).__name__ == "CheckpointWrapper" for m in model.modules())
+    checkpointed = sum(isinstance(m, CheckpointWrapper) for m in model.modules())
     total = sum(p.numel() for p in model.parameters())
     local = sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in model.parameters())
     return (
         f"sharding   [rank {rank}/{world}] FSDP2: {units} fully_shard units, activation checkpointing on "
         f"{checkpointed} blocks; holds {local:,} of {total:,} parameter values ({local / total:.1%})"
     )
+
+
+def export_skeleton(model):
+    """The module whose `save_pretrained(state_dict=<gathered full state dict>)` writes a plain
+    checkpoint. FSDP2 swaps the model's class for a generated subclass (FSDPNanoChatGPTForCausalLM)
+    whose save_pretrained would record that name in auto_map and copy torch's FSDP sources into
+    the folder; an empty (meta-device) instance of the original class records ours."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):
+        return model
+    original = next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
+    with torch.device("meta"):
+        return original(model.config)
 
 
 def _row_counts(rows: int, world: int) -> list[int]:
@@ -127,4 +142,4 @@ def orthogonalise_sharded(matrices: list, steps: int, dtype: torch.dtype, newton
     return results
 
 
-__all__ = ["fsdp_launch_requested", "fsdp_plugin", "describe_sharding", "orthogonalise_sharded"]
+__all__ = ["fsdp_launch_requested", "fsdp_plugin", "describe_sharding", "export_skeleton", "orthogonalise_sharded"]
