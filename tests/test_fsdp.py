@@ -214,3 +214,16 @@ def test_sharded_newton_schulz_equals_unsharded_on_uneven_shards(tmp_path):
     lines = [line for line in done.stdout.splitlines() if line.startswith("MAXDIFF")]
     assert lines, done.stderr[-3000:]
     assert float(lines[0].split()[1]) <= 1e-6
+
+
+def test_memory_cli_for_the_7b_recipe(capsys):
+    from hf_nanochat.cli import main
+
+    rc = main(["memory", "--config", str(REPO / "train_configs/7b.yaml"), "--accelerate-config", str(REPO / "accelerate_configs/fsdp.yaml"), "--gpu-memory", "80GB"])
+    out = capsys.readouterr().out
+    assert rc == 1  # does not fit: the exit status says so to scripts
+    assert "depth 52 (vocab 65536), bf16, muon, FSDP full shard x 8, activation checkpointing on, seq 2048" in out
+    assert "per device at device batch 24:" in out and "total           91.57 GiB" in out
+    assert "does NOT fit in 80.0 GiB" in out and "largest device batch that fits 80.0 GiB: 20" in out
+    rc = main(["memory", "--config", str(REPO / "train_configs/7b.yaml"), "--accelerate-config", str(REPO / "accelerate_configs/fsdp.yaml"), "--gpu-memory", "141GB"])
+    assert rc == 0 and "fits in 141.0 GiB" in capsys.readouterr().out
