@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("hf_nanochat.chat_eval", "evaluate a model: base (val bpb) or chat (ARC, MMLU, GSM8K, HumanEval, spelling, ChatCORE)"),
     "merge": ("hf_nanochat.merge", "merge a LoRA adapter folder into its base model: merge ADAPTER_DIR OUT"),
     "tokenizer": ("hf_nanochat.tokenizer_cli", "train nanochat's BPE tokenizer, or print its bytes-per-token table"),
+    "memory": ("hf_nanochat.memory_cli", "per-device memory of a training recipe: does it fit, largest device batch"),
 }
 
 
