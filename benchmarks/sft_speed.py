@@ -57,7 +57,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         sft_args = SFTConfig(
             output_dir=out, max_length=512, packing=True, per_device_train_batch_size=4, max_steps=args.steps,
-            use_cpu=True, bf16=False, activation_checkpointing=False, logging_steps=1, save_strategy="no",
+            use_cpu=True, bf16=False, activation_checkpointing=False, logging_steps=1, save_strategy="no", seed=0,
             report_to=[], disable_tqdm=True, log_level="error", max_grad_norm=1.0,
         )
         trainer = SFTTrainer(model=model, args=sft_args, train_dataset=data, processing_class=tokenizer, optimizers=(optimizer, None), callbacks=[timer])
@@ -68,8 +68,9 @@ def main() -> None:
         for _ in range(args.rounds):
             timer.times.clear()
             trainer.train()
-            # the trainer sees the same batch sequence each round (same seed), so tokens line up
-            trl_rates.append(sum(batch_tokens[WARMUP:]) / sum(timer.times[WARMUP:]))
+            # tokens the trainer itself counted (cumulative per step) after the warmup steps
+            seen = [h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h and "loss" in h]
+            trl_rates.append((seen[-1] - seen[WARMUP - 1]) / sum(timer.times[WARMUP:]))
 
             model.train()
             times = []
