@@ -81,11 +81,9 @@ def test_command_line_parser_knows_every_key():
     assert {a.dest.removeprefix("override__") for a in parser._actions if a.dest.startswith("override__")} == set(TrainConfig.__dataclass_fields__)
 
 
-def test_stages_not_built_here_and_auto_batch_say_so():
+def test_chat_stages_are_not_run_by_the_pretraining_loop():
     with pytest.raises(NotImplementedError, match="TRL"):
         train(config_from_dict({"stage": "sft"}))
-    with pytest.raises(NotImplementedError, match="auto"):
-        train(config_from_dict({"device_batch_size": "auto"}))
 
 
 def test_accumulation_and_horizon():
