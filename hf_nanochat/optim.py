@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.optim.adamw import adamw as adamw_update
 
 # Quintic Newton-Schulz coefficients from Muon/nanochat: chosen to push all singular values
@@ -143,7 +144,12 @@ class MuonAdamW(torch.optim.Optimizer):
 
     def _orthogonalise(self, matrices: list[torch.Tensor], steps: int, dtype: torch.dtype) -> list[torch.Tensor]:
         """Newton-Schulz of every matrix; with several ranks each rank computes every
-        world_size-th matrix of each shape and an all_gather shares the results."""
+        world_size-th matrix of each shape and an all_gather shares the results. FSDP-sharded
+        matrices (DTensors) go to hf_nanochat.sharding, which orthogonalises each one whole."""
+        if matrices and isinstance(matrices[0], DTensor):
+            from hf_nanochat.sharding import orthogonalise_sharded
+
+            return orthogonalise_sharded(matrices, steps, dtype, zeropower_via_newtonschulz5)
         world = dist.get_world_size(self.process_group) if dist.is_available() and dist.is_initialized() else 1
         if world == 1:
             return [zeropower_via_newtonschulz5(m, steps, dtype) for m in matrices]

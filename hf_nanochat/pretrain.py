@@ -35,6 +35,8 @@ import torch.nn.functional as F
 
 from hf_nanochat.memory import estimate_memory
 from hf_nanochat.optim import apply_schedule, build_optimizer, lr_multiplier, muon_momentum
+from hf_nanochat.auto_batch import PROBE_STEPS, halve, initial_device_batch
+from hf_nanochat.sharding import describe_sharding, export_skeleton, fsdp_plugin
 from hf_nanochat.precision import LossScaledStep, PrecisionPlan, newton_schulz_dtype, resolve_precision
 from hf_nanochat.train_config import TrainConfig, config_to_yaml, load_config, parse_value
 
@@ -269,7 +271,7 @@ class Checkpointer:
         (tmp / "state" / f"data_rank{acc.process_index}.json").write_text(json.dumps(stream.state_dict()))
         state_dict = acc.get_state_dict(model)  # collective under FSDP: every rank calls it
         if acc.is_main_process:
-            acc.unwrap_model(model).save_pretrained(tmp / "model", state_dict=state_dict, safe_serialization=True)
+            export_skeleton(acc.unwrap_model(model)).save_pretrained(tmp / "model", state_dict=state_dict, safe_serialization=True)
             tokenizer.save_pretrained(tmp / "model")
             (tmp / "state" / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
         acc.wait_for_everyone()
@@ -326,8 +328,6 @@ def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: boo
             f"stage {config.stage!r} (mid-training / SFT) is trained with TRL by hf_nanochat.sft, which is not "
             "written yet; train.py runs stage: base"
         )
-    if config.device_batch_size == "auto":
-        raise NotImplementedError("device_batch_size: auto (halve on OOM) comes with memory planning; set an integer")
 
     from accelerate import Accelerator, PartialState
     from accelerate.utils import GradScalerKwargs, parse_flag_from_env, set_seed
@@ -346,6 +346,7 @@ def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: boo
         log_with=config.log_with or None,
         project_dir=str(output_dir),
         kwargs_handlers=[GradScalerKwargs(init_scale=config.fp16_init_scale)],
+        fsdp_plugin=fsdp_plugin(plan.mode),  # None unless launched with an FSDP config
     )
     device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     checkpointer = Checkpointer(accelerator, output_dir, config.keep_checkpoints)
@@ -371,12 +372,25 @@ def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: boo
     num_params = sum(p.numel() for p in model.parameters())
     flops_per_token = model.num_flops_per_token()
     num_iterations, horizon_why = resolve_horizon(config, num_params, flops_per_token)
+    fsdp = accelerator.distributed_type.value == "FSDP"
+    memory_layout = dict(
+        dtype=plan.mode, world_size=world, fsdp=fsdp, optimizer=config.optimizer, on_gpu=device.type == "cuda",
+        activation_checkpointing=bool(fsdp and accelerator.state.fsdp_plugin.activation_checkpointing),
+    )
+    auto_batch = config.device_batch_size == "auto"
+    if auto_batch:
+        saved = json.loads((existing[-1] / "state" / "trainer_state.json").read_text()) if resume and existing else {}
+        if saved.get("world_size") == world and saved.get("device_batch_size"):
+            chosen = saved["device_batch_size"]  # what the interrupted run settled on
+        else:
+            budget = torch.cuda.mem_get_info(device)[1] if device.type == "cuda" else None
+            fits = (lambda b: estimate_memory(model_config, b, config.max_seq_len, **memory_layout).total <= budget) if budget else None
+            chosen = initial_device_batch(config.total_batch_size, config.max_seq_len, world, fits)
+        accelerator.print(f"device_batch_size: auto -> {chosen} (halved on out-of-memory during the first {PROBE_STEPS} steps)")
+        config = dataclasses.replace(config, device_batch_size=chosen)
     grad_accum = grad_accumulation_steps(config.total_batch_size, config.device_batch_size, config.max_seq_len, world)
     ns_dtype = {"auto": newton_schulz_dtype(device), "bf16": torch.bfloat16, "fp32": torch.float32}[config.ns_dtype]
-    memory = estimate_memory(
-        model_config, config.device_batch_size, config.max_seq_len, dtype=plan.mode, world_size=world,
-        optimizer=config.optimizer, on_gpu=device.type == "cuda",
-    ).as_dict()
+    memory = estimate_memory(model_config, config.device_batch_size, config.max_seq_len, **memory_layout).as_dict()
     total_tokens = num_iterations * config.total_batch_size
 
     plan_lines = [
@@ -409,14 +423,11 @@ def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: boo
         ns_steps=config.ns_steps,
         ns_dtype=ns_dtype,
     )
-    if config.optimizer == "muon" and accelerator.distributed_type.value == "FSDP":
-        raise NotImplementedError(
-            "Muon with FSDP-sharded parameters (gather each matrix whole) is not implemented yet; "
-            "use optimizer: adamw with fsdp.yaml, or a DDP config"
-        )
     if config.compile:
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
+    if accelerator.distributed_type.value == "FSDP":
+        print(describe_sharding(model, rank, world), flush=True)  # every rank: what it holds
     stepper = LossScaledStep(accelerator, plan, init_scale=config.fp16_init_scale)
 
     train_stream = pipeline.make_stream("train", rank, world, config.device_batch_size, config.max_seq_len)
@@ -428,14 +439,18 @@ def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: boo
         latest = existing[-1]
         accelerator.load_state(str(latest / "state"))
         trainer_state = json.loads((latest / "state" / "trainer_state.json").read_text())
-        if trainer_state["world_size"] != world:
-            raise ValueError(
-                f"{latest} was saved by {trainer_state['world_size']} processes, this run has {world}; "
-                "resuming on a different number of processes needs re-sharding the data stream (not supported yet)"
-            )
         step, skipped_steps = trainer_state["step"], trainer_state["skipped_steps"]
         stepper.skipped_steps = skipped_steps
-        train_stream.load_state_dict(json.loads((latest / "state" / f"data_rank{rank}.json").read_text()))
+        if trainer_state["world_size"] == world:
+            train_stream.load_state_dict(json.loads((latest / "state" / f"data_rank{rank}.json").read_text()))
+        else:
+            # Weights and optimizer state are re-sharded on load (DCP / full state dicts); a data
+            # stream's position belongs to its rank's slice of the documents and has no meaning
+            # for another split of them.
+            accelerator.print(
+                f"resuming on {world} processes from a checkpoint saved by {trainer_state['world_size']}: model, optimizer, "
+                "step and schedules continue exactly; the data streams are re-split and restart at the beginning of the train split"
+            )
         if accelerator.is_main_process:
             _truncate_log(metrics_path, step)
             _truncate_log(samples_path, step)
@@ -453,21 +468,53 @@ def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: boo
     model.train()
     record: dict = {}
     last_checkpoint = existing[-1] if resume and existing else None
+    first_step = step
     while step < num_iterations:
         t0 = time.perf_counter()
+        probing = auto_batch and step < first_step + PROBE_STEPS
+        stream_position = train_stream.state_dict() if probing else None
+        out_of_memory = False
         lr_mult = lr_multiplier(step, num_iterations, config.warmup_ratio, config.warmdown_ratio, config.final_lr_frac)
         momentum = muon_momentum(step, config.muon_momentum_start, config.muon_momentum_end, config.muon_momentum_ramp_steps)
         apply_schedule(optimizer, step, lr_mult, momentum)
         loss_sum = torch.zeros((), device=device)
-        for micro in range(grad_accum):
-            x, y = _to_device(next(train_iter), device)
-            # Gradients are all-reduced once per optimizer step, on the last micro-batch.
-            sync = contextlib.nullcontext() if micro == grad_accum - 1 else accelerator.no_sync(model)
-            with sync:
-                with stepper.autocast():
-                    loss = model(input_ids=x, shift_labels=y).loss
-                loss_sum += loss.detach()
-                stepper.backward(loss / grad_accum)
+        try:
+            for micro in range(grad_accum):
+                x, y = _to_device(next(train_iter), device)
+                # Gradients are all-reduced once per optimizer step, on the last micro-batch.
+                sync = contextlib.nullcontext() if micro == grad_accum - 1 else accelerator.no_sync(model)
+                with sync:
+                    with stepper.autocast():
+                        loss = model(input_ids=x, shift_labels=y).loss
+                    loss_sum += loss.detach()
+                    stepper.backward(loss / grad_accum)
+        except torch.OutOfMemoryError:
+            if not probing or config.device_batch_size == 1:
+                raise
+            out_of_memory = True  # handled below, once the exception no longer pins the activations
+        if out_of_memory:
+            x = y = loss = None
+            optimizer.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            old_batch, old_accum = config.device_batch_size, grad_accum
+            new_batch, grad_accum = halve(old_batch, grad_accum)
+            config = dataclasses.replace(config, device_batch_size=new_batch)
+            # The step is redone from the same data: a new stream at the step's start position.
+            if hasattr(train_iter, "close"):
+                train_iter.close()
+            train_stream = pipeline.make_stream("train", rank, world, new_batch, config.max_seq_len)
+            train_stream.load_state_dict(stream_position)
+            train_iter = iter(train_stream)
+            val_stream = pipeline.make_stream("val", rank, world, new_batch, config.max_seq_len)
+            eval_steps = max(1, config.eval_tokens // (new_batch * config.max_seq_len * world))
+            message = (
+                f"out of memory at step {step + 1} with device batch {old_batch}: device batch {old_batch} -> {new_batch}, "
+                f"gradient accumulation {old_accum} -> {grad_accum}, total batch unchanged ({config.total_batch_size:,} tokens)"
+            )
+            if accelerator.is_local_main_process:
+                progress.write(message)
+            continue
         grad_norm, applied = stepper.clip_and_step(optimizer, model.parameters(), config.grad_clip)
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -519,6 +566,7 @@ def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: boo
                 "num_iterations": num_iterations,
                 "skipped_steps": stepper.skipped_steps,
                 "world_size": world,
+                "device_batch_size": config.device_batch_size,
                 "tokens": step * config.total_batch_size,
                 "loss": loss_value,
                 "val_bpb": record.get("val_bpb"),
