@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "push": ("hf_nanochat.hub", "upload a model folder to the Hugging Face Hub with a model card"),
     "tokenizer": ("hf_nanochat.tokenizer_cli", "train nanochat's BPE tokenizer, or print its bytes-per-token table"),
     "memory": ("hf_nanochat.memory_cli", "per-device memory of a training recipe: does it fit, largest device batch"),
+    "train": ("hf_nanochat.pretrain", "base pretraining with Accelerate (same as train.py): --config train_configs/X.yaml"),
 }
 
 
