@@ -4,16 +4,20 @@ Importing the package registers the model with the Auto classes, so
 `AutoModelForCausalLM.from_pretrained(folder)` works without trust_remote_code
 in any process that imported hf_nanochat.
 """
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
 from hf_nanochat.modeling.modeling_nanochat_gpt import NanoChatGPTForCausalLM, NanoChatGPTModel
+from hf_nanochat.tokenizer import NanoChatTokenizer
 
 __version__ = "0.1.0"
 
 AutoConfig.register(NanoChatGPTConfig.model_type, NanoChatGPTConfig, exist_ok=True)
 AutoModel.register(NanoChatGPTConfig, NanoChatGPTModel, exist_ok=True)
 AutoModelForCausalLM.register(NanoChatGPTConfig, NanoChatGPTForCausalLM, exist_ok=True)
+# A saved tokenizer folder names `NanoChatTokenizer`; registering it makes AutoTokenizer return
+# the subclass whose apply_chat_template(tokenize=True) is injection-safe.
+AutoTokenizer.register(NanoChatGPTConfig, tokenizer_class=NanoChatTokenizer, exist_ok=True)
 # save_pretrained then copies the two model files and writes `auto_map`, so the folder
 # loads with trust_remote_code where hf_nanochat is not installed.
 NanoChatGPTConfig.register_for_auto_class()
@@ -30,4 +34,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'hf_nanochat' has no attribute {name!r}")
 
 
-__all__ = ["NanoChatGPTConfig", "NanoChatGPTModel", "NanoChatGPTForCausalLM"]
+__all__ = ["NanoChatGPTConfig", "NanoChatGPTModel", "NanoChatGPTForCausalLM", "NanoChatTokenizer", "render_conversation"]

@@ -14,6 +14,8 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("hf_nanochat.info", "print model shapes and parameter counts for depths"),
+    "convert": ("hf_nanochat.convert", "convert weights: to/from transformers' built-in nanochat, from a nanochat checkpoint"),
+    "push": ("hf_nanochat.hub", "upload a model folder to the Hugging Face Hub with a model card"),
 }
 
 

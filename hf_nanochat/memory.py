@@ -1,0 +1,160 @@
+"""Per-device memory plan for a training run, before paying for the hardware.
+
+The estimate counts what our implementation really keeps alive at the peak of a training
+step (end of forward / start of backward):
+
+- weights: fp32 master weights; under autocast also the cached low-precision copies of every
+  matmul weight; under FSDP the fp32 shard plus two unsharded low-precision layers in flight
+  (the one computing and the one prefetched);
+- gradients: fp32, sharded by FSDP; DDP adds its bucket copies;
+- optimizer state: Muon keeps one momentum buffer per block matrix, AdamW two moments for the
+  embedding and lm_head (or for everything with `optimizer: adamw`); sharded by FSDP;
+- activations saved for backward: 23 hidden widths per token and layer, counted on our model
+  with `torch.autograd.graph.saved_tensors_hooks` (relu(x) and relu(x)**2 at 4 widths each,
+  the rest norm inputs/outputs, q/k/v before and after rotary + QK norm, attention outputs),
+  plus about two layers' worth of gradients in flight during backward; with activation
+  checkpointing only each block's input is kept, plus one block being recomputed;
+- logits: fp32, about 3.5 vocabulary-sized buffers per token (soft-cap tanh, the capped logits,
+  log-softmax, and the gradient being formed).
+
+Linear outputs are stored in the compute dtype (2 bytes under bf16/fp16 autocast, 4 in fp32).
+Checked against measured peaks on CPU (tests/test_memory.py, within 25%) and, when a GPU is
+lent, on GPU (benchmarks/RESULTS.md).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
+
+ACTIVATION_WIDTHS_PER_LAYER = 23  # saved for backward, in units of hidden_size per token
+BACKWARD_TRANSIENT_LAYERS = 2  # gradient buffers alive while backward walks the blocks
+LOGIT_BUFFERS = 3.5
+CUDA_RESERVE_BYTES = 1 << 30  # CUDA context, allocator fragmentation and workspace, on GPUs only
+GiB = 1 << 30
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+    logits: int
+    reserve: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.activations + self.logits + self.reserve
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "total": self.total}
+
+
+def parameter_groups(config: NanoChatGPTConfig) -> tuple[int, int, int]:
+    """(all params, block-matrix params, embedding + lm_head params), computed from shapes."""
+    c, v = config.hidden_size, config.vocab_size
+    kv = config.num_key_value_heads * config.head_dim
+    per_layer = c * c * 2 + 2 * c * kv + 2 * c * config.intermediate_size
+    matrices = config.num_hidden_layers * per_layer
+    embed_head = 2 * v * c
+    return matrices + embed_head, matrices, embed_head
+
+
+def estimate_memory(
+    config: NanoChatGPTConfig,
+    device_batch_size: int,
+    seq_len: int,
+    *,
+    dtype: str = "fp32",
+    world_size: int = 1,
+    fsdp: bool = False,
+    activation_checkpointing: bool = False,
+    optimizer: str = "muon",
+    on_gpu: bool = True,
+) -> MemoryEstimate:
+    """Peak bytes per device of one training step. `dtype` is the compute dtype (fp32|bf16|fp16)."""
+    if dtype not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"dtype must be fp32, bf16 or fp16, got {dtype!r}")
+    if optimizer not in ("muon", "adamw"):
+        raise ValueError(f"optimizer must be muon or adamw, got {optimizer!r}")
+    if device_batch_size < 1 or seq_len < 1 or world_size < 1:
+        raise ValueError("device_batch_size, seq_len and world_size must be >= 1")
+    total, matrices, embed_head = parameter_groups(config)
+    low = dtype != "fp32"
+    act_bytes = 2 if low else 4
+    shard = world_size if fsdp else 1
+    layer_params = matrices // config.num_hidden_layers
+
+    weights = 4 * total // shard
+    if low and fsdp:
+        weights += 2 * (2 * layer_params) + 2 * config.vocab_size * config.hidden_size  # layers in flight + head
+    elif low:
+        weights += 2 * (total - config.vocab_size * config.hidden_size)  # autocast's cached copies (wte is a lookup)
+    gradients = 4 * total // shard
+    if world_size > 1 and not fsdp:
+        gradients += 4 * total  # DDP gradient buckets
+    if optimizer == "muon":
+        opt = (4 * matrices + 8 * embed_head) // shard
+        if fsdp and world_size > 1:
+            opt += 4 * 2 * max(config.hidden_size * config.intermediate_size, config.hidden_size**2)  # gathered matrices
+    else:
+        opt = 8 * total // shard
+
+    tokens = device_batch_size * seq_len
+    per_layer = ACTIVATION_WIDTHS_PER_LAYER * config.hidden_size * act_bytes * tokens
+    kept_layers = 1 if activation_checkpointing else config.num_hidden_layers
+    activations = (kept_layers + BACKWARD_TRANSIENT_LAYERS) * per_layer
+    if activation_checkpointing:
+        activations += config.num_hidden_layers * config.hidden_size * act_bytes * tokens  # block inputs
+    logits = int(LOGIT_BUFFERS * 4 * config.vocab_size * tokens)
+    return MemoryEstimate(
+        weights=int(weights),
+        gradients=int(gradients),
+        optimizer=int(opt),
+        activations=int(activations),
+        logits=logits,
+        reserve=CUDA_RESERVE_BYTES if on_gpu else 0,
+    )
+
+
+def largest_device_batch(config: NanoChatGPTConfig, seq_len: int, budget_bytes: int, **kwargs) -> int:
+    """Largest device batch whose estimate fits the budget (0 if not even batch 1 fits)."""
+    if estimate_memory(config, 1, seq_len, **kwargs).total > budget_bytes:
+        return 0
+    lo, hi = 1, 2
+    while estimate_memory(config, hi, seq_len, **kwargs).total <= budget_bytes:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if estimate_memory(config, mid, seq_len, **kwargs).total <= budget_bytes:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def parse_size(text: str) -> int:
+    """'16GB', '80GiB', '1.5T', '512M' -> bytes (GB and GiB both mean 2**30, as nvidia-smi shows)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": GiB, "T": 1 << 40}
+    s = text.strip().upper().replace("IB", "").replace("B", "")
+    number = s.rstrip("KMGT")
+    unit = s[len(number) :]
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"cannot read a memory size from {text!r} (try 16GB)") from None
+    if unit not in units or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"cannot read a memory size from {text!r} (try 16GB)")
+    return int(value * units[unit])
+
+
+def format_estimate(est: MemoryEstimate, budget_bytes: int | None = None) -> str:
+    rows = [(name, getattr(est, name)) for name in ("weights", "gradients", "optimizer", "activations", "logits", "reserve")]
+    lines = [f"  {name:<12}{value / GiB:>9.2f} GiB" for name, value in rows]
+    lines.append(f"  {'total':<12}{est.total / GiB:>9.2f} GiB")
+    if budget_bytes is not None:
+        verdict = "fits" if est.total <= budget_bytes else "does NOT fit"
+        lines.append(f"  {verdict} in {budget_bytes / GiB:.1f} GiB")
+    return "\n".join(lines)

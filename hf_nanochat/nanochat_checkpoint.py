@@ -1,0 +1,276 @@
+"""Import a karpathy/nanochat checkpoint: `hf-nanochat convert from-nanochat DIR OUT`.
+
+nanochat saves `model_<step>.pt` (a torch state dict, keys possibly prefixed `_orig_mod.` by
+torch.compile, the embedding in bf16), `meta_<step>.json` (its `model_config` is GPTConfig's
+kwargs) and, in a separate folder, `tokenizer.pkl` (a pickled `tiktoken.Encoding`). Our module
+names are nanochat's, so weights load by name; the tokenizer becomes a `tokenizer.json` with the
+same id for every token.
+
+Safety: weights load with `torch.load(weights_only=True)`; the pickle is read by an unpickler
+that admits one global, tiktoken's Encoding, and builds it from validated plain data - no
+code from the file runs.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import re
+from pathlib import Path
+
+import torch
+
+from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
+from hf_nanochat.modeling.modeling_nanochat_gpt import NanoChatGPTForCausalLM
+
+# GPTConfig fields of the nanochat version our model reproduces (Nov 2025).
+KNOWN_CONFIG_KEYS = {"sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd"}
+
+# Weights of later nanochat versions, by the feature they implement (regex on the key).
+UNSUPPORTED_WEIGHTS = [
+    (r"^value_embeds\.", "value embeddings (value_embeds)"),
+    (r"\.attn\.ve_gate\.", "value-embedding gates (attn.ve_gate)"),
+    (r"^(resid_lambdas|x0_lambdas)$", "per-layer residual scalars (resid_lambdas / x0_lambdas)"),
+    (r"^smear_", "token smearing (smear_gate / smear_lambda)"),
+    (r"^backout_lambda$", "mid-layer backout (backout_lambda)"),
+]
+
+_STEP_FILE = re.compile(r"^model_(\d+)\.pt$")
+
+
+class UnsupportedCheckpointError(ValueError):
+    """The checkpoint uses a nanochat feature our architecture does not implement."""
+
+
+# ---------------------------------------------------------------------------- weights
+
+
+def find_steps(checkpoint_dir: str | Path) -> list[int]:
+    """Steps with a `model_<step>.pt` in the folder, ascending (other .pt files are ignored)."""
+    steps = sorted(int(m.group(1)) for p in Path(checkpoint_dir).iterdir() if (m := _STEP_FILE.match(p.name)))
+    if not steps:
+        raise FileNotFoundError(f"no model_<step>.pt in {checkpoint_dir}: not a nanochat checkpoint folder")
+    return steps
+
+
+def _step_file(checkpoint_dir: Path, prefix: str, step: int, suffix: str) -> Path:
+    # nanochat writes 6-digit steps; accept any zero padding.
+    for path in checkpoint_dir.glob(f"{prefix}_*{suffix}"):
+        digits = path.name[len(prefix) + 1 : -len(suffix)]
+        if digits.isdigit() and int(digits) == step:
+            return path
+    raise FileNotFoundError(f"no {prefix}_{step:06d}{suffix} in {checkpoint_dir}")
+
+
+def load_checkpoint(checkpoint_dir: str | Path, step: int | None = None) -> tuple[dict, dict, int]:
+    """(state dict with `_orig_mod.` stripped, meta dict, step); the latest step unless given."""
+    checkpoint_dir = Path(checkpoint_dir)
+    steps = find_steps(checkpoint_dir)
+    if step is None:
+        step = steps[-1]
+    elif step not in steps:
+        raise FileNotFoundError(f"step {step} not in {checkpoint_dir} (available: {steps})")
+    state = torch.load(_step_file(checkpoint_dir, "model", step, ".pt"), map_location="cpu", weights_only=True)
+    state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}
+    meta = json.loads(_step_file(checkpoint_dir, "meta", step, ".json").read_text())
+    return state, meta, step
+
+
+def config_from_meta(meta: dict, state_dict: dict[str, torch.Tensor]) -> NanoChatGPTConfig:
+    """Our config from nanochat's meta json; names any feature we cannot represent."""
+    if "model_config" not in meta:
+        raise ValueError("meta json has no 'model_config': not a nanochat checkpoint")
+    mc = dict(meta["model_config"])
+    missing = []
+    window = mc.pop("window_pattern", None)
+    if window is not None and set(str(window).upper()) != {"L"}:
+        missing.append(f"sliding-window attention (window_pattern={window!r})")
+    unknown_keys = sorted(set(mc) - KNOWN_CONFIG_KEYS)
+    if unknown_keys:
+        missing.append(f"model_config fields {unknown_keys}")
+    for pattern, feature in UNSUPPORTED_WEIGHTS:
+        if any(re.search(pattern, k) for k in state_dict) and feature not in missing:
+            missing.append(feature)
+    if missing:
+        raise UnsupportedCheckpointError(
+            "this checkpoint is from a newer nanochat architecture; hf-nanochat does not implement: "
+            + "; ".join(missing)
+        )
+    return NanoChatGPTConfig(
+        vocab_size=mc["vocab_size"],
+        hidden_size=mc["n_embd"],
+        num_hidden_layers=mc["n_layer"],
+        num_attention_heads=mc["n_head"],
+        num_key_value_heads=mc.get("n_kv_head", mc["n_head"]),
+        max_position_embeddings=mc["sequence_len"],
+    )
+
+
+def _unpad_vocab(state_dict: dict[str, torch.Tensor], vocab_size: int) -> dict[str, torch.Tensor]:
+    # Later nanochat pads embedding/lm_head rows to a multiple of 64 and slices logits back to
+    # vocab_size; the padding rows are never read, so dropping them loses nothing.
+    for key in ("transformer.wte.weight", "lm_head.weight"):
+        if key in state_dict and state_dict[key].shape[0] > vocab_size:
+            state_dict[key] = state_dict[key][:vocab_size]
+    return state_dict
+
+
+def _target_dtype(state_dict: dict[str, torch.Tensor], dtype: str) -> torch.dtype:
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    # All-bf16 stays bf16; nanochat's usual mix (bf16 embedding, fp32 rest) goes to fp32, which
+    # holds every bf16 value exactly.
+    dtypes = {t.dtype for t in state_dict.values()}
+    return dtypes.pop() if len(dtypes) == 1 else torch.float32
+
+
+def model_from_checkpoint(state_dict: dict, meta: dict, dtype: str = "auto") -> NanoChatGPTForCausalLM:
+    config = config_from_meta(meta, state_dict)
+    state_dict = _unpad_vocab(dict(state_dict), config.vocab_size)
+    target = _target_dtype(state_dict, dtype)
+    with torch.device("meta"):
+        model = NanoChatGPTForCausalLM(config)
+    expected = set(model.state_dict())
+    extra, absent = sorted(set(state_dict) - expected), sorted(expected - set(state_dict))
+    if extra or absent:
+        raise UnsupportedCheckpointError(
+            f"checkpoint weights do not match nanochat's GPT: unrecognised {extra[:8]}, missing {absent[:8]}"
+        )
+    # assign=True swaps the meta tensors for the loaded ones (no second copy, no random init).
+    model.load_state_dict({k: v.to(target) for k, v in state_dict.items()}, strict=True, assign=True)
+    model.config.dtype = target
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------- tokenizer
+
+
+class _PickledEncoding:
+    """Stands in for tiktoken.Encoding while unpickling: records the state, runs nothing."""
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+class _TiktokenOnlyUnpickler(pickle.Unpickler):
+    # Every callable a pickle can invoke comes through find_class; admitting only the Encoding
+    # class (mapped to an inert stand-in) means the file cannot execute code.
+    def find_class(self, module: str, name: str):
+        if (module, name) in (("tiktoken.core", "Encoding"), ("tiktoken", "Encoding")):
+            return _PickledEncoding
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from tokenizer.pkl (only tiktoken.Encoding)")
+
+
+def load_tiktoken_pickle(path: str | Path):
+    """nanochat's tokenizer.pkl as a tiktoken.Encoding, without running code from the file."""
+    import tiktoken
+
+    with open(path, "rb") as f:
+        obj = _TiktokenOnlyUnpickler(f).load()
+    state = getattr(obj, "state", None) if isinstance(obj, _PickledEncoding) else None
+    ok = (
+        isinstance(state, dict)
+        and set(state) == {"name", "pat_str", "mergeable_ranks", "special_tokens"}
+        and isinstance(state["name"], str)
+        and isinstance(state["pat_str"], str)
+        and isinstance(state["mergeable_ranks"], dict)
+        and all(isinstance(k, bytes) and type(v) is int for k, v in state["mergeable_ranks"].items())
+        and isinstance(state["special_tokens"], dict)
+        and all(isinstance(k, str) and type(v) is int for k, v in state["special_tokens"].items())
+    )
+    if not ok:
+        # A str state would make tiktoken fetch a registered encoding by name; refuse that too.
+        raise pickle.UnpicklingError(f"{path} does not hold a self-contained tiktoken Encoding")
+    return tiktoken.Encoding(**state)
+
+
+def tiktoken_to_tokenizers(encoding):
+    """The same BPE as a `tokenizers.Tokenizer`: every token and special keeps its id.
+
+    transformers' TikTokenConverter recovers the merges from the ranks; it reads ranks from a
+    file, so it is handed the in-memory ones instead.
+    """
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    ranks = encoding._mergeable_ranks
+    specials = sorted(encoding._special_tokens.items(), key=lambda kv: kv[1])
+    if [i for _, i in specials] != list(range(len(ranks), len(ranks) + len(specials))):
+        raise ValueError("special tokens must take the ids right after the mergeable ranks")
+
+    class _InMemory(TikTokenConverter):
+        @staticmethod
+        def load_tiktoken_bpe(_):
+            return ranks
+
+    converter = _InMemory(vocab_file=None, pattern=encoding._pat_str, extra_special_tokens=[t for t, _ in specials])
+    tokenizer = converter.converted()
+    # Plain ids in, plain ids out: nanochat adds <|bos|> itself where it belongs.
+    tokenizer.post_processor = None
+    for token, token_id in specials:
+        if tokenizer.token_to_id(token) != token_id:
+            raise AssertionError(f"special {token} got id {tokenizer.token_to_id(token)}, nanochat has {token_id}")
+    return tokenizer
+
+
+def chat_tokenizer(backend):
+    """Our transformers tokenizer (specials, chat template) around a converted nanochat BPE."""
+    from hf_nanochat.tokenizer import ASSISTANT_END, BOS, CHAT_TEMPLATE, SPECIAL_TOKENS, NanoChatTokenizer
+
+    missing = [t for t in SPECIAL_TOKENS if backend.token_to_id(t) is None]
+    if missing:
+        raise ValueError(f"tokenizer lacks nanochat's special tokens {missing}: the chat template needs them")
+    return NanoChatTokenizer(
+        tokenizer_object=backend,
+        bos_token=BOS,
+        eos_token=ASSISTANT_END,
+        pad_token=BOS,
+        chat_template=CHAT_TEMPLATE,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def find_tokenizer_pickle(checkpoint_dir: Path, tokenizer_dir: str | Path | None) -> Path:
+    if tokenizer_dir is not None:
+        candidates = [Path(tokenizer_dir) / "tokenizer.pkl"]
+    else:
+        # nanochat's layout: $NANOCHAT_BASE_DIR/{tokenizer/, base_checkpoints/d20/}
+        candidates = [
+            checkpoint_dir / "tokenizer.pkl",
+            checkpoint_dir / "tokenizer" / "tokenizer.pkl",
+            checkpoint_dir.parent.parent / "tokenizer" / "tokenizer.pkl",
+        ]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        "nanochat's tokenizer.pkl not found (looked in " + ", ".join(str(c) for c in candidates) + "); pass --tokenizer-dir"
+    )
+
+
+# ---------------------------------------------------------------------------- the command
+
+
+def convert_nanochat_checkpoint(
+    checkpoint_dir: str | Path,
+    out: str | Path,
+    tokenizer_dir: str | Path | None = None,
+    step: int | None = None,
+    dtype: str = "auto",
+) -> Path:
+    """Write a nanochat checkpoint (+ its tokenizer) as a `save_pretrained` folder of ours."""
+    checkpoint_dir, out = Path(checkpoint_dir), Path(out)
+    pkl = find_tokenizer_pickle(checkpoint_dir, tokenizer_dir)  # fail before the slow part
+    state_dict, meta, step = load_checkpoint(checkpoint_dir, step)
+    model = model_from_checkpoint(state_dict, meta, dtype)
+    encoding = load_tiktoken_pickle(pkl)
+    if encoding.n_vocab != model.config.vocab_size:
+        raise ValueError(f"tokenizer has {encoding.n_vocab} tokens but the model's vocab_size is {model.config.vocab_size}")
+    tokenizer = chat_tokenizer(tiktoken_to_tokenizers(encoding))
+    model.config.bos_token_id = tokenizer.bos_token_id
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "nanochat_meta.json").write_text(json.dumps({**meta, "converted_from_step": step}, indent=2))
+    return out

@@ -1,0 +1,146 @@
+"""`hf-nanochat push`: the exact upload folder, the exact huggingface_hub calls, no network."""
+import json
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from huggingface_hub import HfApi, ModelCard
+from isolated import run_without_hf_nanochat
+
+from hf_nanochat import NanoChatGPTConfig, NanoChatGPTForCausalLM
+from hf_nanochat.cli import main as cli_main
+from hf_nanochat.hub import MissingTokenError, build_upload_folder, push
+from hf_nanochat.tokenizer import train_tokenizer
+
+REPO = "someone/nanochat-d2-test"
+TEXTS = ["Why is the sky blue? Because of Rayleigh scattering of sunlight by air molecules. " * 4] * 30
+REPORT = "| metric | value |\n|---|---|\n| val bpb | 1.234 |\n| CORE | 0.0456 |\n"
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    """A trained-looking folder: tiny random model, our tokenizer, a speedrun report."""
+    folder = tmp_path_factory.mktemp("trained")
+    tok = train_tokenizer(TEXTS, vocab_size=320)
+    config = NanoChatGPTConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                               max_position_embeddings=128, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    model = NanoChatGPTForCausalLM(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    (folder / "report.md").write_text(REPORT)
+    return folder
+
+
+def test_dry_run_writes_the_upload_folder(model_folder, tmp_path):
+    out = tmp_path / "upload"
+    assert cli_main(["push", str(model_folder), REPO, "--dry-run", str(out), "--dataset", "HuggingFaceTB/smol-smoltalk",
+                     "--base-model", "someone/nanochat-d2-base"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted([
+        "README.md", "config.json", "generation_config.json", "model.safetensors",
+        "configuration_nanochat_gpt.py", "modeling_nanochat_gpt.py",
+        "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
+    ])
+    config = json.loads((out / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_nanochat_gpt.NanoChatGPTForCausalLM"
+    assert (out / "chat_template.jinja").read_text() == (model_folder / "chat_template.jinja").read_text()
+    card = ModelCard((out / "README.md").read_text())
+    assert card.data.library_name == "transformers" and card.data.license == "mit"
+    assert card.data.datasets == ["HuggingFaceTB/smol-smoltalk"]
+    assert card.data.base_model == "someone/nanochat-d2-base"
+    assert "nanochat" in card.data.tags and card.data.pipeline_tag == "text-generation"
+    assert REPORT.strip() in card.text
+    params = sum(p.numel() for p in NanoChatGPTForCausalLM.from_pretrained(model_folder).parameters())
+    assert f"| 2 | 64 | 2 | 2 | 32 | {config['vocab_size']:,} | 128 | {params:,} | float32 |" in card.text
+    assert f"python -m hf_nanochat.app --model {REPO}" in card.text
+    with pytest.raises(FileExistsError):  # never mixes with stale files
+        build_upload_folder(model_folder, out, REPO)
+
+
+def test_card_without_report_states_it(model_folder, tmp_path):
+    folder = tmp_path / "noreport"
+    folder.mkdir()
+    for f in model_folder.iterdir():
+        if f.name != "report.md":
+            (folder / f.name).write_bytes(f.read_bytes())
+    text = (build_upload_folder(folder, tmp_path / "up", REPO) / "README.md").read_text()
+    assert "without a training report" in text
+    assert ModelCard(text).data.datasets == ["HuggingFaceFW/fineweb-edu"]
+
+
+def test_refuses_folders_it_cannot_share(model_folder, tmp_path):
+    bare = tmp_path / "bare"
+    NanoChatGPTForCausalLM.from_pretrained(model_folder).save_pretrained(bare)
+    with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
+        build_upload_folder(bare, tmp_path / "x", REPO)
+
+
+def test_push_passes_exact_operations_to_huggingface_hub(model_folder, monkeypatch, tmp_path):
+    calls = []
+
+    def recorder(name):
+        def method(self, **kwargs):
+            calls.append({"op": name, "token": self.token, **kwargs})
+            if name == "upload_folder":  # the staging dir is deleted after the call: snapshot it now
+                staged = Path(kwargs["folder_path"])
+                calls[-1]["files"] = {p.name: p.read_bytes() for p in staged.iterdir()}
+                return SimpleNamespace(commit_url=f"https://huggingface.co/{kwargs['repo_id']}/commit/abc")
+        return method
+
+    for name in ("create_repo", "create_branch", "upload_folder"):
+        monkeypatch.setattr(HfApi, name, recorder(name))
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    assert cli_main(["push", str(model_folder), REPO, "--private", "--revision", "v1"]) == 0
+    upload = calls[2]
+    staged = upload.pop("files")
+    assert calls[:2] == [
+        {"op": "create_repo", "token": "hf_test_token", "repo_id": REPO, "private": True, "exist_ok": True, "repo_type": "model"},
+        {"op": "create_branch", "token": "hf_test_token", "repo_id": REPO, "branch": "v1", "exist_ok": True, "repo_type": "model"},
+    ]
+    assert upload == {"op": "upload_folder", "token": "hf_test_token", "repo_id": REPO, "folder_path": upload["folder_path"],
+                      "revision": "v1", "commit_message": "Upload nanochat model with hf-nanochat", "repo_type": "model"}
+    # what was uploaded is byte for byte the dry-run folder
+    build_upload_folder(model_folder, tmp_path / "dry", REPO)
+    assert staged == {p.name: p.read_bytes() for p in (tmp_path / "dry").iterdir()}
+
+
+def test_missing_token_is_a_clear_error_before_any_upload(model_folder, monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))  # no stored login either
+    monkeypatch.setattr(HfApi, "create_repo", lambda *a, **k: pytest.fail("must not reach the Hub"))
+    with pytest.raises(MissingTokenError, match="hf auth login"):
+        push(model_folder, REPO)
+    assert cli_main(["push", str(model_folder), REPO]) == 2
+    assert "no Hugging Face token found" in capsys.readouterr().out
+
+
+def _usage_blocks(readme: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+
+
+def test_dry_run_folder_works_without_hf_nanochat(model_folder, tmp_path):
+    """A fresh process that cannot import hf_nanochat runs the card's own usage snippets on the
+    folder and reproduces our logits."""
+    out = build_upload_folder(model_folder, tmp_path / "upload", REPO)
+    blocks = _usage_blocks((out / "README.md").read_text())
+    assert len(blocks) == 2  # transformers + pipeline
+    x = torch.randint(0, 300, (1, 16), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = NanoChatGPTForCausalLM.from_pretrained(model_folder)(x).logits
+    torch.save({"x": x, "expected": expected}, tmp_path / "probe.pt")
+    code = "\n".join(b.replace(f'"{REPO}"', repr(str(out))) for b in blocks) + f"""
+import torch
+probe = torch.load({str(tmp_path / "probe.pt")!r})
+with torch.no_grad():
+    got = model(probe["x"]).logits
+torch.testing.assert_close(got, probe["expected"], atol=1e-5, rtol=0)
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+print("LOGITS-OK")
+"""
+    result = run_without_hf_nanochat(code, cwd=str(tmp_path))
+    assert "LOGITS-OK" in result.stdout

@@ -1,0 +1,82 @@
+"""The memory planner: figures pinned for the big recipes, and checked against measured peaks."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from hf_nanochat import NanoChatGPTConfig
+from hf_nanochat.memory import GiB, estimate_memory, largest_device_batch, parse_size
+
+MEASURE = textwrap.dedent(
+    """
+    import resource, sys, torch
+    from hf_nanochat import NanoChatGPTConfig, NanoChatGPTForCausalLM
+    depth, vocab, B, T, ckpt = map(int, sys.argv[1:6])
+    torch.set_num_threads(1)
+    model = NanoChatGPTForCausalLM(NanoChatGPTConfig.from_depth(depth, vocab_size=vocab, max_position_embeddings=T)).train()
+    if ckpt:
+        model.activation_checkpointing_enable()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randint(0, vocab, (B, T + 1))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(2):
+        model(x[:, :-1], shift_labels=x[:, 1:]).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "depth,vocab,batch,seq,ckpt",
+    [(4, 8192, 4, 256, 0), (8, 8192, 4, 256, 0), (4, 32768, 4, 256, 0), (4, 8192, 8, 512, 0), (4, 8192, 8, 512, 1)],
+)
+def test_estimate_within_25_percent_of_measured_cpu_peak(depth, vocab, batch, seq, ckpt):
+    """Measured: growth of peak RSS over a training step (weights exist before, so they are excluded)."""
+    out = subprocess.run(
+        [sys.executable, "-c", MEASURE, *map(str, (depth, vocab, batch, seq, ckpt))],
+        capture_output=True, text=True, check=True, env={"OMP_NUM_THREADS": "1", "PATH": ""},
+    )
+    measured = int(out.stdout.strip().splitlines()[-1])
+    config = NanoChatGPTConfig.from_depth(depth, vocab_size=vocab)
+    est = estimate_memory(config, batch, seq, optimizer="adamw", activation_checkpointing=bool(ckpt), on_gpu=False)
+    predicted = est.total - est.weights
+    assert abs(predicted - measured) / measured < 0.25, (predicted / 2**20, measured / 2**20)
+
+
+def test_pinned_estimates_for_d20_3b_7b():
+    """Figures the recipes quote; a change to the model of memory must update them knowingly."""
+    d20 = estimate_memory(NanoChatGPTConfig.from_depth(20), 32, 2048, dtype="bf16", world_size=8)
+    b3 = estimate_memory(NanoChatGPTConfig.from_depth(38), 48, 2048, dtype="bf16", world_size=8, fsdp=True,
+                         activation_checkpointing=True)
+    b7 = estimate_memory(NanoChatGPTConfig.from_depth(52), 24, 2048, dtype="bf16", world_size=8, fsdp=True,
+                         activation_checkpointing=True)
+    assert round(d20.total / GiB, 1) == pytest.approx(145.9)
+    assert round(b3.total / GiB, 1) == pytest.approx(137.7)
+    assert round(b7.total / GiB, 1) == pytest.approx(91.6)
+    # FSDP shards weights, gradients and optimizer state 8 ways.
+    assert b3.gradients == 4 * 3_015_835_648 // 8
+
+
+def test_checkpointing_and_sharding_reduce_memory_and_largest_batch_fits():
+    c = NanoChatGPTConfig.from_depth(12)
+    plain = estimate_memory(c, 8, 2048, dtype="fp16")
+    ckpt = estimate_memory(c, 8, 2048, dtype="fp16", activation_checkpointing=True)
+    assert ckpt.activations < plain.activations / 3
+    budget = parse_size("16GB")
+    b = largest_device_batch(c, 2048, budget, dtype="fp16")
+    assert b >= 1
+    assert estimate_memory(c, b, 2048, dtype="fp16").total <= budget < estimate_memory(c, b + 1, 2048, dtype="fp16").total
+
+
+def test_parse_size_and_errors():
+    assert parse_size("16GB") == 16 * GiB == parse_size("16GiB") == parse_size("16g")
+    assert parse_size("512M") == 512 << 20
+    for bad in ("", "abc", "-3GB", "12XB"):
+        with pytest.raises(ValueError, match="memory size"):
+            parse_size(bad)
+    with pytest.raises(ValueError, match="dtype"):
+        estimate_memory(NanoChatGPTConfig.from_depth(2), 1, 8, dtype="int8")

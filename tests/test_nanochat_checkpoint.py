@@ -1,0 +1,221 @@
+"""Importing karpathy/nanochat checkpoints: weights, meta json, the pickled tiktoken tokenizer."""
+import json
+import pickle
+
+import pytest
+import rustbpe
+import tiktoken
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+from hf_nanochat import NanoChatGPTConfig, NanoChatGPTForCausalLM
+from hf_nanochat.cli import main as cli_main
+from hf_nanochat.nanochat_checkpoint import (
+    UnsupportedCheckpointError,
+    load_checkpoint,
+    load_tiktoken_pickle,
+    model_from_checkpoint,
+    tiktoken_to_tokenizers,
+)
+from hf_nanochat.tokenizer import SPECIAL_TOKENS, SPLIT_PATTERN
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog. " * 3,
+    "Numbers like 12345 and 2025-11-21 split into pairs; don't we'll they're.",
+    "Unicode: café, naïve, 日本語のテキスト, emoji 🙂🚀, tabs\tand\nnewlines\n\n  spaces.",
+    "def f(x):\n    return x ** 2  # python code\n",
+] * 40
+PROBES = TEXTS[:4] + ["", " ", "\n\n\n", "zzzz qqqq", "über 999999 ünïcödé 🙂", "<|bos|> is text here"]
+
+
+def nanochat_encoding(n_ranks: int = 400) -> tiktoken.Encoding:
+    """What nanochat's RustBPETokenizer builds: rustbpe merges + specials after them."""
+    trainer = rustbpe.Tokenizer()
+    trainer.train_from_iterator(iter(TEXTS), n_ranks, pattern=SPLIT_PATTERN)
+    ranks = {bytes(token): rank for token, rank in trainer.get_mergeable_ranks()}
+    specials = {name: len(ranks) + i for i, name in enumerate(SPECIAL_TOKENS)}
+    return tiktoken.Encoding(name="rustbpe", pat_str=trainer.get_pattern(), mergeable_ranks=ranks, special_tokens=specials)
+
+
+def random_model(vocab_size: int, dtype=torch.float32) -> NanoChatGPTForCausalLM:
+    config = NanoChatGPTConfig(vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                               num_key_value_heads=2, max_position_embeddings=64)
+    model = NanoChatGPTForCausalLM(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+        model.transformer.wte.weight.copy_(model.transformer.wte.weight.bfloat16())  # nanochat keeps it bf16
+    return model.to(dtype).eval()
+
+
+def nanochat_meta(config: NanoChatGPTConfig, step: int, **extra_model_config) -> dict:
+    return {
+        "step": step,
+        "val_bpb": 0.81,
+        "model_config": {
+            "sequence_len": config.max_position_embeddings,
+            "vocab_size": config.vocab_size,
+            "n_layer": config.num_hidden_layers,
+            "n_head": config.num_attention_heads,
+            "n_kv_head": config.num_key_value_heads,
+            "n_embd": config.hidden_size,
+            **extra_model_config,
+        },
+        "user_config": {"depth": config.num_hidden_layers},
+    }
+
+
+def write_checkpoint(model, folder, step, compiled=True, extra_weights=None, **extra_model_config):
+    """model_<step>.pt as nanochat writes it: torch.compile prefix, bf16 embedding."""
+    folder.mkdir(parents=True, exist_ok=True)
+    prefix = "_orig_mod." if compiled else ""
+    state = {prefix + k: v.clone() for k, v in model.state_dict().items()}
+    state[prefix + "transformer.wte.weight"] = state[prefix + "transformer.wte.weight"].bfloat16()
+    state.update(extra_weights or {})
+    torch.save(state, folder / f"model_{step:06d}.pt")
+    (folder / f"meta_{step:06d}.json").write_text(json.dumps(nanochat_meta(model.config, step, **extra_model_config)))
+
+
+def test_tiktoken_conversion_keeps_every_id():
+    enc = nanochat_encoding()
+    tok = tiktoken_to_tokenizers(enc)
+    assert tok.get_vocab_size() == enc.n_vocab == 400 + len(SPECIAL_TOKENS)
+    # every mergeable token: same id, same bytes (vocab strings are byte-level encoded)
+    byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
+    for token_bytes, rank in enc._mergeable_ranks.items():
+        assert bytes(byte_of[c] for c in tok.id_to_token(rank)) == token_bytes
+    assert sorted(tok.get_vocab().values()) == list(range(enc.n_vocab))
+    for name in SPECIAL_TOKENS:
+        assert tok.token_to_id(name) == enc._special_tokens[name]
+    # special strings in text: tiktoken's allowed-specials encoding and ours agree
+    text = "<|bos|><|user_start|>hi<|user_end|><|assistant_start|>"
+    assert tok.encode(text, add_special_tokens=False).ids == enc.encode(text, allowed_special="all")
+    tok.encode_special_tokens = True  # plain text: "<|bos|>" typed by a user stays text
+    for text in PROBES:
+        assert tok.encode(text, add_special_tokens=False).ids == enc.encode_ordinary(text), text
+
+
+def test_tokenizer_pickle_round_trip(tmp_path):
+    enc = nanochat_encoding()
+    (tmp_path / "tokenizer.pkl").write_bytes(pickle.dumps(enc))  # exactly what nanochat saves
+    loaded = load_tiktoken_pickle(tmp_path / "tokenizer.pkl")
+    assert loaded._mergeable_ranks == enc._mergeable_ranks and loaded._special_tokens == enc._special_tokens
+    assert loaded.encode_ordinary(PROBES[2]) == enc.encode_ordinary(PROBES[2])
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_is_refused_without_running(tmp_path):
+    marker = tmp_path / "pwned"
+    (tmp_path / "tokenizer.pkl").write_bytes(pickle.dumps(_Exploit(marker)))
+    with pytest.raises(pickle.UnpicklingError, match="refusing to load"):
+        load_tiktoken_pickle(tmp_path / "tokenizer.pkl")
+    assert not marker.exists()
+    # An Encoding whose state is a registry name would make tiktoken download it: refused too.
+    by_name = b"\x80\x04ctiktoken.core\nEncoding\n)\x81X\x0b\x00\x00\x00cl100k_baseb."
+    (tmp_path / "tokenizer.pkl").write_bytes(by_name)
+    with pytest.raises(pickle.UnpicklingError, match="self-contained"):
+        load_tiktoken_pickle(tmp_path / "tokenizer.pkl")
+
+
+def test_weights_load_by_name_latest_step_and_bf16(tmp_path):
+    model = random_model(512)
+    write_checkpoint(random_model(512), tmp_path, step=50)
+    write_checkpoint(model, tmp_path, step=100)
+    (tmp_path / "model_000200_backup.pt").write_bytes(b"not a checkpoint")  # ignored, as nanochat does
+    state, meta, step = load_checkpoint(tmp_path)
+    assert step == 100 and not any(k.startswith("_orig_mod.") for k in state)
+    assert state["transformer.wte.weight"].dtype == torch.bfloat16
+    imported = model_from_checkpoint(state, meta)
+    assert imported.dtype == torch.float32  # bf16 embedding + fp32 rest -> fp32, exactly
+    x = torch.randint(0, 512, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(imported(x).logits, model(x).logits, atol=0, rtol=0)
+    state50, _, _ = load_checkpoint(tmp_path, step=50)
+    assert not torch.equal(state50["lm_head.weight"], state["lm_head.weight"])
+    with pytest.raises(FileNotFoundError, match="available: \\[50, 100\\]"):
+        load_checkpoint(tmp_path, step=75)
+
+
+def test_all_bf16_checkpoint_stays_bf16(tmp_path):
+    model = random_model(512, dtype=torch.bfloat16)
+    write_checkpoint(model, tmp_path, step=1, compiled=False)
+    imported = model_from_checkpoint(*load_checkpoint(tmp_path)[:2])
+    assert imported.dtype == torch.bfloat16
+    for k, v in model.state_dict().items():
+        assert torch.equal(imported.state_dict()[k], v)
+
+
+def test_padded_vocab_rows_are_dropped(tmp_path):
+    model = random_model(500)
+    pad = {"transformer.wte.weight": torch.randn(12, 64).bfloat16(), "lm_head.weight": torch.randn(12, 64)}
+    state = {k: torch.cat([v, pad[k].to(v.dtype)]) if k in pad else v for k, v in model.state_dict().items()}
+    imported = model_from_checkpoint(state, nanochat_meta(model.config, 1))
+    assert imported.lm_head.weight.shape == (500, 64)
+    assert torch.equal(imported.lm_head.weight, model.lm_head.weight)
+
+
+def test_newer_architecture_names_the_missing_features(tmp_path):
+    model = random_model(512)
+    extra = {"value_embeds.1.weight": torch.zeros(512, 32), "resid_lambdas": torch.ones(2), "x0_lambdas": torch.zeros(2),
+             "transformer.h.1.attn.ve_gate.weight": torch.zeros(2, 32)}
+    write_checkpoint(model, tmp_path, step=10, extra_weights=extra, window_pattern="SSSL")
+    with pytest.raises(UnsupportedCheckpointError) as err:
+        model_from_checkpoint(*load_checkpoint(tmp_path)[:2])
+    message = str(err.value)
+    for feature in ("sliding-window attention", "value embeddings", "per-layer residual scalars", "value-embedding gates"):
+        assert feature in message
+    # all-long windows are plain causal attention: accepted
+    meta = nanochat_meta(model.config, 1, window_pattern="L")
+    assert model_from_checkpoint(model.state_dict(), meta).config.num_hidden_layers == 2
+    with pytest.raises(UnsupportedCheckpointError, match="unrecognised \\['transformer.h.0.attn.mystery.weight'\\]"):
+        model_from_checkpoint({**model.state_dict(), "transformer.h.0.attn.mystery.weight": torch.zeros(1)}, meta)
+
+
+def test_convert_from_nanochat_command_round_trip(tmp_path):
+    """A nanochat base dir (tokenizer/ + base_checkpoints/d2/) -> our folder: same logits, same ids."""
+    enc = nanochat_encoding()
+    model = random_model(enc.n_vocab)
+    base = tmp_path / "nanochat"
+    checkpoint = base / "base_checkpoints" / "d2"
+    write_checkpoint(model, checkpoint, step=20)
+    (base / "tokenizer").mkdir()
+    (base / "tokenizer" / "tokenizer.pkl").write_bytes(pickle.dumps(enc))
+
+    assert cli_main(["convert", "from-nanochat", str(checkpoint), str(tmp_path / "out")]) == 0
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "out")
+    x = torch.randint(0, enc.n_vocab, (2, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).logits, model(x).logits, atol=0, rtol=0)
+    assert len(tok) == enc.n_vocab
+    for text in PROBES:
+        assert tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"] == enc.encode_ordinary(text)
+    assert tok.convert_tokens_to_ids(SPECIAL_TOKENS) == [enc._special_tokens[t] for t in SPECIAL_TOKENS]
+    ids = tok.apply_chat_template([{"role": "user", "content": "Why is the sky blue?"}], add_generation_prompt=True)["input_ids"]
+    special = enc._special_tokens
+    assert ids == [special["<|bos|>"], special["<|user_start|>"], *enc.encode_ordinary("Why is the sky blue?"),
+                   special["<|user_end|>"], special["<|assistant_start|>"]]
+    assert loaded.generation_config.eos_token_id == special["<|assistant_end|>"]
+    assert loaded.config.bos_token_id == special["<|bos|>"]
+    assert json.loads((tmp_path / "out" / "nanochat_meta.json").read_text())["converted_from_step"] == 20
+
+
+def test_convert_from_nanochat_checks_tokenizer(tmp_path):
+    enc = nanochat_encoding()
+    write_checkpoint(random_model(enc.n_vocab + 1), tmp_path / "ckpt", step=1)
+    with pytest.raises(FileNotFoundError, match="--tokenizer-dir"):
+        cli_main(["convert", "from-nanochat", str(tmp_path / "ckpt"), str(tmp_path / "out")])
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "tokenizer.pkl").write_bytes(pickle.dumps(enc))
+    with pytest.raises(ValueError, match="vocab_size is 410"):
+        cli_main(["convert", "from-nanochat", str(tmp_path / "ckpt"), str(tmp_path / "out"), "--tokenizer-dir", str(tmp_path / "tok")])
