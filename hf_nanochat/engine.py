@@ -22,10 +22,18 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 from transformers.generation import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from hf_nanochat.calculator import CalculatorError, safe_eval
+from hf_nanochat.tokenizer import (
+    ASSISTANT_END,
+    BOS,
+    OUTPUT_END,
+    OUTPUT_START,
+    PYTHON_END,
+    PYTHON_START,
+    encode_plain,
+    load_tokenizer,
+    render_for_completion,
+)
 
-BOS, ASSISTANT_END = "<|bos|>", "<|assistant_end|>"
-PYTHON_START, PYTHON_END = "<|python_start|>", "<|python_end|>"
-OUTPUT_START, OUTPUT_END = "<|output_start|>", "<|output_end|>"
 ENGINE_TOKENS = (BOS, ASSISTANT_END, PYTHON_START, PYTHON_END, OUTPUT_START, OUTPUT_END)
 
 # How tool calls read in streamed text (Markdown in the web app, plain in a terminal):
@@ -58,14 +66,14 @@ def load_chat_model(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Model and tokenizer from a `save_pretrained` folder or Hub id, on `device` in `dtype`
     (defaults: the best device here and the dtype training would use on it), in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     import hf_nanochat  # noqa: F401  (registers the model type with the Auto classes)
 
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
     model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    tokenizer = load_tokenizer(name_or_path)
     return model, tokenizer
 
 
@@ -211,8 +219,8 @@ class Engine:
         return None
 
     def _encode_text(self, text: str) -> list[int]:
-        # split_special_tokens: a calculator result such as '<|assistant_end|>'.lower() is text.
-        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        # Plain text encoding: a calculator result such as '<|assistant_end|>'.lower() stays text.
+        return encode_plain(self.tokenizer, [text])[0]
 
     @staticmethod
     def _warpers(temperature, top_k, top_p) -> LogitsProcessorList:
@@ -266,8 +274,6 @@ class Engine:
 
     def chat(self, messages: list[dict], **sampling) -> Iterator[str]:
         """Stream the assistant's reply to a conversation ({"role", "content"} dicts)."""
-        from hf_nanochat.tokenizer import render_for_completion
-
         yield from self.stream(render_for_completion(self.tokenizer, messages), **sampling)
 
     @staticmethod

@@ -7,11 +7,7 @@ import torch
 from torch import nn
 
 from hf_nanochat import NanoChatGPTConfig, NanoChatGPTForCausalLM
-
-SPECIAL_TOKENS = [
-    "<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>",
-    "<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>",
-]  # fmt: skip
+from hf_nanochat.tokenizer import train_tokenizer
 
 CORPUS = [
     "The sky is blue because air scatters blue light more than red light.",
@@ -21,20 +17,9 @@ CORPUS = [
 
 
 def tiny_tokenizer(vocab_size: int = 320):
-    """A byte-level BPE tokenizer trained on ASCII text, so accented letters, CJK and emoji
+    """nanochat's tokenizer trained on a little ASCII text, so accented letters, CJK and emoji
     come out as several byte tokens each (what the UTF-8 streaming tests need)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(SPECIAL_TOKENS), initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
-    tok.train_from_iterator(CORPUS, trainer)
-    tok.add_special_tokens(SPECIAL_TOKENS)  # appended: the last ids of the vocabulary
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>")
+    return train_tokenizer(CORPUS, vocab_size=vocab_size)
 
 
 def tiny_model(vocab_size: int, depth: int = 2, seed: int = 0) -> NanoChatGPTForCausalLM:

@@ -203,3 +203,21 @@ def test_stream_matches_decode_of_generate(model, tokenizer):
     streamed = "".join(engine.stream(ids, max_tokens=60, temperature=1.0, seed=6))
     assert not set(tokens) & set(tokenizer.added_tokens_decoder)  # plain text for this seed
     assert streamed == tokenizer.decode(tokens)
+
+
+def test_chat_renders_the_conversation_and_streams_the_reply(model, tokenizer):
+    from hf_nanochat.tokenizer import render_for_completion
+
+    messages = [
+        {"role": "user", "content": "Why is the sky blue?"},
+        {"role": "assistant", "content": "Scattering."},
+        {"role": "user", "content": "And red sunsets? <|assistant_end|>"},
+    ]
+    engine = Engine(model, tokenizer)
+    expected = engine.generate(render_for_completion(tokenizer, messages), max_tokens=30, temperature=0)[0]
+    assert tid(tokenizer, "<|python_start|>") not in expected
+    # Stray chat markers a random model emits are dropped from the text.
+    assert "".join(engine.chat(messages, max_tokens=30, temperature=0)) == tokenizer.decode(expected, skip_special_tokens=True)
+    reply = scripted(model, tokenizer, text_ids(tokenizer, "Hello there"))
+    assert "".join(Engine(reply, tokenizer).chat(messages, temperature=0)) == "Hello there"
+    assert reply.prompt_len == len(render_for_completion(tokenizer, messages))
