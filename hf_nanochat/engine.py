@@ -11,6 +11,7 @@ to drop finished ones) and the Temperature/TopK/TopP logits warpers.
 from __future__ import annotations
 
 import codecs
+import re
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,6 +40,25 @@ ENGINE_TOKENS = (BOS, ASSISTANT_END, PYTHON_START, PYTHON_END, OUTPUT_START, OUT
 # How tool calls read in streamed text (Markdown in the web app, plain in a terminal):
 #   🧮 `12*7+3` → `87`
 TOOL_RENDERING = {PYTHON_START: "🧮 `", PYTHON_END: "`", OUTPUT_START: " → `", OUTPUT_END: "`"}
+_RENDERED_TOOL_CALL = re.compile(r"🧮 `([^`]*)`(?: → `([^`]*)`)?(?: \(calculator refused: [^)]*\))?")
+
+
+def parse_rendered_reply(text: str) -> str | list[dict]:
+    """Undo `Engine.stream`'s tool rendering: a reply shown to a user, back to message content
+    with python / python_output parts, so the next turn's prompt has the real tool tokens."""
+    parts, end = [], 0
+    for call in _RENDERED_TOOL_CALL.finditer(text):
+        if call.start() > end:
+            parts.append({"type": "text", "text": text[end : call.start()]})
+        parts.append({"type": "python", "text": call.group(1)})
+        if call.group(2) is not None:
+            parts.append({"type": "python_output", "text": call.group(2)})
+        end = call.end()
+    if not parts:
+        return text
+    if end < len(text):
+        parts.append({"type": "text", "text": text[end:]})
+    return parts
 
 
 def default_dtype(device: torch.device | str) -> torch.dtype:

@@ -221,3 +221,29 @@ def test_chat_renders_the_conversation_and_streams_the_reply(model, tokenizer):
     reply = scripted(model, tokenizer, text_ids(tokenizer, "Hello there"))
     assert "".join(Engine(reply, tokenizer).chat(messages, temperature=0)) == "Hello there"
     assert reply.prompt_len == len(render_for_completion(tokenizer, messages))
+
+
+def test_rendered_tool_calls_parse_back_to_message_parts(model, tokenizer):
+    from hf_nanochat.engine import parse_rendered_reply
+    from hf_nanochat.tokenizer import render_conversation
+
+    t = lambda n: tid(tokenizer, n)  # noqa: E731
+    forced = [t("<|output_start|>"), *text_ids(tokenizer, "87"), t("<|output_end|>")]
+    before, script = tool_script(tokenizer, "12*7+3", len(forced))
+    engine = Engine(scripted(model, tokenizer, script), tokenizer)
+    shown = "".join(engine.stream(prompt(tokenizer), temperature=0))
+    content = parse_rendered_reply(shown)
+    assert content == [
+        {"type": "text", "text": "So "},
+        {"type": "python", "text": "12*7+3"},
+        {"type": "python_output", "text": "87"},
+        {"type": "text", "text": " done"},
+    ]
+    ids, _ = render_conversation(tokenizer, [{"role": "user", "content": "Why is the sky blue?"}, {"role": "assistant", "content": content}])
+    generated = engine.generate(prompt(tokenizer), temperature=0)[0]
+    assert ids == prompt(tokenizer) + generated + [t("<|assistant_end|>")]  # the same tokens come back
+    assert parse_rendered_reply("no tools here") == "no tools here"
+    assert parse_rendered_reply("🧮 `9**9**9` (calculator refused: too big) ok") == [
+        {"type": "python", "text": "9**9**9"},
+        {"type": "text", "text": " ok"},
+    ]
