@@ -218,7 +218,7 @@ def limits_from_args(args: argparse.Namespace) -> ChatLimits:
 def run(args: argparse.Namespace) -> int:
     dtype = getattr(torch, args.dtype) if args.dtype else None
     model, tokenizer = load_chat_model(args.model, device=args.device, dtype=dtype)
-    launch_app(model, tokenizer, args.host, args.port, limits_from_args(args), model_name=args.model.rstrip("/").split("/")[-1])
+    launch_app(model, tokenizer, args.host, args.port, limits_from_args(args), model_name=args.model)
     return 0
 
 

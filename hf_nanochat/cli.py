@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("hf_nanochat.info", "print model shapes and parameter counts for depths"),
     "convert": ("hf_nanochat.convert", "convert weights: to/from transformers' built-in nanochat, from a nanochat checkpoint"),
     "push": ("hf_nanochat.hub", "upload a model folder to the Hugging Face Hub with a model card"),
+    "chat": ("hf_nanochat.chat", "chat with a model: interactive terminal, one-shot -p, or --web for the Gradio app"),
 }
 
 

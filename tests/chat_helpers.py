@@ -73,3 +73,10 @@ class ScriptedModel(nn.Module):
         if self.delay:
             time.sleep(self.delay)  # lets a browser watch the reply grow
         return out
+
+
+def save_tiny_chat_model(folder) -> None:
+    """A loadable chat model folder (weights, config, tokenizer) for CLI and app tests."""
+    tokenizer = tiny_tokenizer()
+    tiny_model(len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)

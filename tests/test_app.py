@@ -2,10 +2,12 @@
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
-from chat_helpers import ScriptedModel, tiny_model, tiny_tokenizer
+from chat_helpers import ScriptedModel, save_tiny_chat_model, tiny_model, tiny_tokenizer
 
 from hf_nanochat.app import LIMIT_PREFIX, ChatLimits, LimitExceeded, build_app, checked_request, history_to_messages
 from hf_nanochat.tokenizer import render_for_completion
@@ -166,3 +168,34 @@ def test_browser_chat_streams_and_shows_limits(app_url, tmp_path):
             browser.close()
     assert (tmp_path / "chat.png").stat().st_size > 10_000
     assert (tmp_path / "limit.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("entry", ["module", "cli"])
+def test_command_line_launches_serve_the_app(entry, tmp_path):
+    from gradio_client import Client
+
+    save_tiny_chat_model(tmp_path)
+    port = free_port()
+    command = {
+        "module": [sys.executable, "-m", "hf_nanochat.app", "--model", str(tmp_path), "--max-message-chars", "10"],
+        "cli": [sys.executable, "-m", "hf_nanochat.cli", "chat", "--web", "--model", str(tmp_path)],
+    }[entry] + ["--port", str(port), "--device", "cpu"]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and server.poll() is None:
+            try:
+                client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+                break
+            except Exception:  # not listening yet
+                time.sleep(0.5)
+        else:
+            pytest.fail(f"app did not start: {server.stdout.read() if server.poll() is not None else 'timeout'}")
+        answer = client.predict("Hi", 0.0, 0, 8, api_name="/chat")
+        assert isinstance(answer, str) and answer and not answer.startswith(LIMIT_PREFIX)
+        if entry == "module":  # --max-message-chars reached the app
+            assert client.predict("x" * 11, 0.0, 0, 8, api_name="/chat").startswith(LIMIT_PREFIX)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
