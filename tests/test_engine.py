@@ -247,3 +247,13 @@ def test_rendered_tool_calls_parse_back_to_message_parts(model, tokenizer):
         {"type": "python", "text": "9**9**9"},
         {"type": "text", "text": " ok"},
     ]
+
+
+def test_default_dtype_follows_the_training_rule(monkeypatch):
+    from hf_nanochat.engine import default_dtype
+
+    assert default_dtype("cpu") == torch.float32
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert default_dtype("cuda") == torch.bfloat16  # A100/H100
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (6, 0))
+    assert default_dtype("cuda") == torch.float16  # P100: no bf16
