@@ -9,7 +9,7 @@ import time
 import pytest
 from chat_helpers import ScriptedModel, save_tiny_chat_model, tiny_model, tiny_tokenizer
 
-from hf_nanochat.app import LIMIT_PREFIX, ChatLimits, LimitExceeded, build_app, checked_request, history_to_messages
+from hf_nanochat.app import EXAMPLES, LIMIT_PREFIX, ChatLimits, LimitExceeded, build_app, checked_request, history_to_messages
 from hf_nanochat.tokenizer import render_for_completion
 
 REPLY = "Hello from the tiny model! It streams 🙂."
@@ -139,6 +139,7 @@ def test_browser_chat_streams_and_shows_limits(app_url, tmp_path):
             box.wait_for(timeout=30_000)
             assert page.get_by_text("tiny-test").is_visible()  # model name and size shown
             assert page.get_by_text("parameters").first.is_visible()
+            assert page.get_by_text(EXAMPLES[1]).first.is_visible()  # example prompts on an empty chat
 
             box.fill("Why is the sky blue?")
             box.press("Enter")
