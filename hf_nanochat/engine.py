@@ -257,8 +257,14 @@ class Engine:
     def _sample(logits, warpers, generators, greedy: bool) -> list[int]:
         if greedy:
             return logits.argmax(dim=-1).tolist()
-        probs = torch.softmax(warpers(None, logits.float()), dim=-1)
-        return [int(torch.multinomial(p, 1, generator=g)) for p, g in zip(probs, generators)]
+        # Inverse-CDF sampling, batched: one uniform per sample from its own generator (so a
+        # sample's draws do not depend on the others), one searchsorted for all. Dividing by the
+        # last entry makes it exactly 1.0 > u, and `right=True` never lands on a zero-probability
+        # token. (torch.multinomial takes one generator per call: 8x slower at 8 samples.)
+        cdf = torch.softmax(warpers(None, logits.float()), dim=-1).double().cumsum(dim=-1)
+        cdf = cdf / cdf[:, -1:]
+        u = torch.stack([torch.rand((), generator=g, device=cdf.device, dtype=torch.float64) for g in generators])
+        return torch.searchsorted(cdf, u[:, None], right=True).squeeze(1).tolist()
 
     @staticmethod
     def _check_arguments(prompt_ids, num_samples, max_tokens, temperature, top_k, top_p) -> None:
