@@ -22,7 +22,8 @@ import torch
 from transformers import NanoChatConfig, NanoChatForCausalLM, PreTrainedModel
 from transformers.initialization import no_init_weights
 
-import hf_nanochat  # noqa: F401  (registers our classes so save_pretrained writes auto_map + code)
+# (importing hf_nanochat.* runs hf_nanochat/__init__, which registers our classes, so
+# save_pretrained writes auto_map and the code files)
 from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
 from hf_nanochat.modeling.modeling_nanochat_gpt import NanoChatGPTForCausalLM
 

@@ -41,6 +41,7 @@ OFFLINE_SOURCE = "offline"  # ask for the stdlib corpus explicitly
 DATA_EXTENSIONS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".txt": "text"}
 VAL_FRACTION = 0.01  # documents held out when a source is a single file
 SPLITS = ("train", "val")
+_NOTIFIED: list[bool] = []  # the offline-fallback notice was printed
 
 
 # ---------------------------------------------------------------- offline corpus
@@ -156,6 +157,9 @@ def resolve_source(source: str = DEFAULT_SOURCE) -> list[str]:
         bad = [f for f in files if f.suffix not in DATA_EXTENSIONS]
         if bad:
             raise ValueError(f"unsupported data file {str(bad[0])!r}: use one of {', '.join(sorted(DATA_EXTENSIONS))}")
+        files = [f for f in files if f.stat().st_size > 0]  # datasets cannot read an empty jsonl/txt file
+        if not files:
+            raise ValueError(f"data source {source!r} has no documents (its files are empty)")
         return [str(f) for f in files]
     if not _looks_like_hub_id(source):
         raise FileNotFoundError(f"data source {source!r}: no such file or folder (and not a Hub dataset id 'owner/name')")
@@ -165,11 +169,13 @@ def resolve_source(source: str = DEFAULT_SOURCE) -> list[str]:
         if source != DEFAULT_SOURCE:
             raise ValueError(f"could not read Hub dataset {source!r} ({type(err).__name__}: {err})") from err
         folder = offline_corpus()
-        print(
-            f"notice: Hub dataset {source!r} is unreachable ({type(err).__name__}); using the offline corpus "
-            f"built from Python's own docs and source at {folder}",
-            flush=True,
-        )
+        if not _NOTIFIED:  # once per process, not once per split or rank
+            print(
+                f"notice: Hub dataset {source!r} is unreachable ({type(err).__name__}); using the offline corpus "
+                f"built from Python's own docs and source at {folder}",
+                flush=True,
+            )
+            _NOTIFIED.append(True)
         return [str(p) for p in _data_files(folder)]
 
 
@@ -194,7 +200,7 @@ def load_documents(source: str = DEFAULT_SOURCE, split: str = "train", text_colu
         ds = datasets.load_dataset(builder, data_files={split: chosen}, split=split, streaming=True, **kwargs)
     else:
         # One file: hold out its last documents. Loading it (memory-mapped Arrow) gives the count.
-        full = datasets.load_dataset(builder, data_files={"all": files}, split="all", **kwargs)
+        full = datasets.load_dataset(builder, data_files={"train": files}, split="train", **kwargs)
         n_val = max(1, int(len(full) * VAL_FRACTION)) if len(full) >= 2 else 0
         picked = range(len(full) - n_val) if split == "train" else range(len(full) - n_val, len(full))
         ds = full.select(picked).to_iterable_dataset(num_shards=min(64, max(1, len(picked))))

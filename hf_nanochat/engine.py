@@ -23,6 +23,7 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 from transformers.generation import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from hf_nanochat.calculator import CalculatorError, safe_eval
+from hf_nanochat.precision import resolve_precision
 from hf_nanochat.tokenizer import (
     ASSISTANT_END,
     BOS,
@@ -62,15 +63,11 @@ def parse_rendered_reply(text: str) -> str | list[dict]:
 
 
 def default_dtype(device: torch.device | str) -> torch.dtype:
-    """The dtype training uses on this device: bf16 on GPUs that have it (compute capability
-    >= 8.0), fp16 on older CUDA GPUs (P100/V100/T4), fp32 on CPU and MPS.
-
-    A local copy of the project's precision rule until `hf_nanochat/precision.py` lands.
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
-    return torch.float32
+    """The dtype training computes in on this device (`precision.resolve_precision("auto")`):
+    bf16 on GPUs with compute capability >= 8.0, fp16 on P100/V100/T4, fp32 on CPU and MPS.
+    Inference casts the weights to it (no master copy to keep, unlike training)."""
+    mode = resolve_precision("auto", torch.device(device)).mode
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[mode]
 
 
 def default_device() -> torch.device:

@@ -139,11 +139,9 @@ class NanoChatTokenizer(PreTrainedTokenizerFast):
         ids_list, masks = [], []
         for messages in conversations:
             messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
+            ids, mask = render_conversation(self, messages)
             if add_generation_prompt:
-                ids, mask = render_conversation(self, messages)
                 ids, mask = ids + [self.convert_tokens_to_ids(ASSISTANT_START)], mask + [0]
-            else:
-                ids, mask = render_conversation(self, messages)
             if truncation and max_length is not None:
                 ids, mask = ids[:max_length], mask[:max_length]
             ids_list.append(ids)
@@ -153,7 +151,9 @@ class NanoChatTokenizer(PreTrainedTokenizerFast):
             data["assistant_masks"] = masks
         if padding:
             data = _pad(data, self.pad_token_id, self.padding_side, padding, max_length)
-        if not is_batched:
+        if not is_batched and return_tensors is None:
+            # As transformers does: plain lists for one conversation, but tensors keep the batch
+            # dimension so `model.generate(**inputs)` works.
             data = {k: v[0] for k, v in data.items()}
         out = BatchEncoding(data, tensor_type=return_tensors)
         return out if return_dict else out["input_ids"]

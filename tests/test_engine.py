@@ -253,6 +253,7 @@ def test_default_dtype_follows_the_training_rule(monkeypatch):
     from hf_nanochat.engine import default_dtype
 
     assert default_dtype("cpu") == torch.float32
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "a GPU")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     assert default_dtype("cuda") == torch.bfloat16  # A100/H100
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (6, 0))

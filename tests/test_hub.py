@@ -7,34 +7,20 @@ from types import SimpleNamespace
 import pytest
 import torch
 from huggingface_hub import HfApi, ModelCard
+from hub_standin import HubStandIn
 from isolated import run_without_hf_nanochat
+from trained_folder import REPORT, make_trained_folder
 
-from hf_nanochat import NanoChatGPTConfig, NanoChatGPTForCausalLM
+from hf_nanochat import NanoChatGPTForCausalLM
 from hf_nanochat.cli import main as cli_main
 from hf_nanochat.hub import MissingTokenError, build_upload_folder, push
-from hf_nanochat.tokenizer import train_tokenizer
 
 REPO = "someone/nanochat-d2-test"
-TEXTS = ["Why is the sky blue? Because of Rayleigh scattering of sunlight by air molecules. " * 4] * 30
-REPORT = "| metric | value |\n|---|---|\n| val bpb | 1.234 |\n| CORE | 0.0456 |\n"
 
 
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory):
-    """A trained-looking folder: tiny random model, our tokenizer, a speedrun report."""
-    folder = tmp_path_factory.mktemp("trained")
-    tok = train_tokenizer(TEXTS, vocab_size=320)
-    config = NanoChatGPTConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                               max_position_embeddings=128, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    torch.manual_seed(0)
-    model = NanoChatGPTForCausalLM(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.3)
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    (folder / "report.md").write_text(REPORT)
-    return folder
+    return make_trained_folder(tmp_path_factory.mktemp("trained"))
 
 
 def test_dry_run_writes_the_upload_folder(model_folder, tmp_path):
@@ -144,3 +130,56 @@ print("LOGITS-OK")
 """
     result = run_without_hf_nanochat(code, cwd=str(tmp_path))
     assert "LOGITS-OK" in result.stdout
+
+
+@pytest.fixture
+def hub_standin(monkeypatch):
+    """huggingface_hub pointed at a stand-in server on 127.0.0.1 (offline mode lifted for it only)."""
+    import huggingface_hub.constants as hub_constants
+    import transformers.utils.hub as transformers_hub
+
+    with HubStandIn() as standin:
+        monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(hub_constants, "ENDPOINT", standin.url)
+        monkeypatch.setattr(hub_constants, "HUGGINGFACE_CO_URL_TEMPLATE", standin.url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(transformers_hub, "_hf_api", HfApi(endpoint=standin.url))
+        monkeypatch.setenv("HF_TOKEN", "hf_standin_token")
+        yield standin
+    assert not standin.unknown, standin.unknown
+
+
+def _materialise(files: dict[str, bytes], folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def test_model_push_to_hub_uploads_a_loadable_repo(model_folder, hub_standin, tmp_path):
+    """PreTrainedModel.push_to_hub (transformers' own path) over real HTTP to the stand-in."""
+    model = NanoChatGPTForCausalLM.from_pretrained(model_folder)
+    model.push_to_hub(REPO, private=True)
+    assert hub_standin.created == [{"name": "nanochat-d2-test", "organization": "someone", "visibility": "private"}]
+    files = hub_standin.repos[f"{REPO}@main"]
+    assert {"config.json", "model.safetensors", "configuration_nanochat_gpt.py", "modeling_nanochat_gpt.py"} <= set(files)
+    assert "Bearer hf_standin_token" in hub_standin.auth
+    repo = _materialise(files, tmp_path / "repo")
+    x = torch.randint(0, 300, (1, 12), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.save({"x": x, "expected": model(x).logits}, tmp_path / "probe.pt")
+    result = run_without_hf_nanochat(f"""
+import torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained({str(repo)!r}, trust_remote_code=True)
+probe = torch.load({str(tmp_path / "probe.pt")!r})
+with torch.no_grad():
+    torch.testing.assert_close(model(probe["x"]).logits, probe["expected"], atol=1e-5, rtol=0)
+print("PUSHED-OK")
+""", cwd=str(tmp_path))
+    assert "PUSHED-OK" in result.stdout
+
+
+def test_push_command_over_http_matches_dry_run(model_folder, hub_standin, tmp_path):
+    assert cli_main(["push", str(model_folder), REPO, "--revision", "exp"]) == 0
+    build_upload_folder(model_folder, tmp_path / "dry", REPO)
+    assert hub_standin.repos[f"{REPO}@exp"] == {p.name: p.read_bytes() for p in (tmp_path / "dry").iterdir()}

@@ -18,7 +18,7 @@ from hf_nanochat.nanochat_checkpoint import (
     model_from_checkpoint,
     tiktoken_to_tokenizers,
 )
-from hf_nanochat.tokenizer import SPECIAL_TOKENS, SPLIT_PATTERN
+from hf_nanochat.tokenizer import SPECIAL_TOKENS, SPLIT_PATTERN, train_tokenizer
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog. " * 3,
@@ -36,6 +36,19 @@ def nanochat_encoding(n_ranks: int = 400) -> tiktoken.Encoding:
     ranks = {bytes(token): rank for token, rank in trainer.get_mergeable_ranks()}
     specials = {name: len(ranks) + i for i, name in enumerate(SPECIAL_TOKENS)}
     return tiktoken.Encoding(name="rustbpe", pat_str=trainer.get_pattern(), mergeable_ranks=ranks, special_tokens=specials)
+
+
+def encoding_from_our_tokenizer() -> tiktoken.Encoding:
+    """A tiktoken Encoding holding the merges of our own trained tokenizer (ids as ranks)."""
+    ours = train_tokenizer(TEXTS, vocab_size=400 + len(SPECIAL_TOKENS))
+    byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
+    vocab = ours.backend_tokenizer.get_vocab(with_added_tokens=False)
+    ranks = {bytes(byte_of[c] for c in token): token_id for token, token_id in vocab.items()}
+    specials = {name: ours.convert_tokens_to_ids(name) for name in SPECIAL_TOKENS}
+    return tiktoken.Encoding(name="ours", pat_str=SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=specials)
+
+
+ENCODINGS = {"rustbpe": nanochat_encoding, "ours": encoding_from_our_tokenizer}
 
 
 def random_model(vocab_size: int, dtype=torch.float32) -> NanoChatGPTForCausalLM:
@@ -77,8 +90,9 @@ def write_checkpoint(model, folder, step, compiled=True, extra_weights=None, **e
     (folder / f"meta_{step:06d}.json").write_text(json.dumps(nanochat_meta(model.config, step, **extra_model_config)))
 
 
-def test_tiktoken_conversion_keeps_every_id():
-    enc = nanochat_encoding()
+@pytest.mark.parametrize("source", ENCODINGS)
+def test_tiktoken_conversion_keeps_every_id(source):
+    enc = ENCODINGS[source]()
     tok = tiktoken_to_tokenizers(enc)
     assert tok.get_vocab_size() == enc.n_vocab == 400 + len(SPECIAL_TOKENS)
     # every mergeable token: same id, same bytes (vocab strings are byte-level encoded)

@@ -1,0 +1,85 @@
+"""`hf-nanochat memory`: plan a run's per-device memory from its two recipe files.
+
+    hf-nanochat memory --config train_configs/3b.yaml --accelerate-config accelerate_configs/fsdp.yaml --gpu-memory 80GB
+
+The train config gives the model (depth, vocab from its tokenizer when one is saved, else
+tokenizer_vocab_size), sequence length, device batch, precision and optimizer; the accelerate
+config gives the number of processes, FSDP on/off and activation checkpointing. The numbers
+come from hf_nanochat.memory.estimate_memory (our eager implementation).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+
+from hf_nanochat.memory import GiB, estimate_memory, format_estimate, largest_device_batch, parse_size
+from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
+from hf_nanochat.train_config import load_config
+
+
+def launch_topology(path: str | None) -> dict:
+    """(world size, fsdp, activation checkpointing, mixed precision) from an accelerate config."""
+    if path is None:
+        return {"world_size": 1, "fsdp": False, "activation_checkpointing": False, "mixed_precision": None}
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    fsdp = raw.get("distributed_type") == "FSDP"
+    fsdp_config = raw.get("fsdp_config") or {}
+    return {
+        "world_size": int(raw.get("num_processes", 1)),
+        "fsdp": fsdp,
+        "activation_checkpointing": bool(fsdp and fsdp_config.get("fsdp_activation_checkpointing", False)),
+        "mixed_precision": raw.get("mixed_precision") if raw.get("mixed_precision") in ("bf16", "fp16") else None,
+    }
+
+
+def vocab_size(config) -> int:
+    """The saved tokenizer's size when the recipe points at one, else the size it would train."""
+    if config.tokenizer and (Path(config.tokenizer) / "tokenizer.json").is_file():
+        tok = json.loads((Path(config.tokenizer) / "tokenizer.json").read_text())
+        ids = list(tok["model"]["vocab"].values()) + [t["id"] for t in tok.get("added_tokens", [])]
+        return max(ids) + 1
+    return config.tokenizer_vocab_size
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="train config YAML (train_configs/*.yaml)")
+    parser.add_argument("--accelerate-config", help="accelerate config YAML (accelerate_configs/*.yaml); default: 1 process")
+    parser.add_argument("--gpu-memory", help="memory per device, e.g. 16GB, 80GB: says whether the run fits and the largest device batch that does")
+    parser.add_argument("--cpu", action="store_true", help="leave out the CUDA context/allocator reserve (CPU runs)")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    topo = launch_topology(args.accelerate_config)
+    # precision: an explicit train-config choice wins; `auto` follows the launcher, else fp32.
+    dtype = config.precision if config.precision != "auto" else (topo["mixed_precision"] or "fp32")
+    model = NanoChatGPTConfig.from_depth(config.depth, vocab_size=vocab_size(config), max_position_embeddings=config.max_seq_len, num_key_value_heads=config.num_kv_heads)
+    kwargs = dict(dtype=dtype, world_size=topo["world_size"], fsdp=topo["fsdp"], activation_checkpointing=topo["activation_checkpointing"], optimizer=config.optimizer, on_gpu=not args.cpu)
+    budget = parse_size(args.gpu_memory) if args.gpu_memory else None
+    layout = "FSDP full shard" if topo["fsdp"] else ("DDP" if topo["world_size"] > 1 else "1 process")
+    print(
+        f"depth {config.depth} (vocab {model.vocab_size}), {dtype}, {config.optimizer}, {layout} x {topo['world_size']}, "
+        f"activation checkpointing {'on' if topo['activation_checkpointing'] else 'off'}, seq {config.max_seq_len}"
+    )
+    if config.device_batch_size == "auto":
+        print("device_batch_size: auto (the run picks it); estimate shown for batch 1")
+        batch = 1
+    else:
+        batch = config.device_batch_size
+    est = estimate_memory(model, batch, config.max_seq_len, **kwargs)
+    print(f"per device at device batch {batch}:")
+    print(format_estimate(est, budget))
+    if budget is not None:
+        best = largest_device_batch(model, config.max_seq_len, budget, **kwargs)
+        if best:
+            print(f"largest device batch that fits {budget / GiB:.1f} GiB: {best}")
+        else:
+            print(f"even device batch 1 does not fit {budget / GiB:.1f} GiB: shard over more devices (FSDP) or use activation checkpointing")
+        return 0 if est.total <= budget else 1
+    return 0
+
+
+__all__ = ["launch_topology", "vocab_size", "add_arguments", "run"]

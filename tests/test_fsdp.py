@@ -1,0 +1,229 @@
+"""FSDP2 on CPU (2 gloo processes): sharded parameters, activation checkpointing, Muon on
+sharded matrices equal to the unsharded optimizer, training equal to DDP, sharded checkpoints
+resumed on 2 and on 1 process (and DDP checkpoints on 1 process).
+
+Accelerate only enables FSDP on GPU process types. The launcher below starts 2 CPU ranks the
+supported way (cpu_ddp.yaml + ACCELERATE_USE_CPU) with accelerate_configs/fsdp.yaml's fsdp_config
+exported as the FSDP_* variables `accelerate launch` would set, and a test-only entry script
+flips Accelerate's private PartialState distributed type from MULTI_CPU to MULTI_GPU so that
+Accelerator takes its FSDP path (../shared/PLATFORM_NOTES.md). Everything after that is the
+production train.py code path.
+"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from accelerate.state import AcceleratorState
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).parent))
+from pretrain_helpers import make_corpus, make_tokenizer, tiny_overrides  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+FSDP_ON_CPU_ENTRY = """
+import sys
+from accelerate import PartialState
+from accelerate.utils import DistributedType, parse_flag_from_env
+state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+if state.distributed_type == DistributedType.MULTI_CPU:  # test-only: let Accelerator take its FSDP path
+    state._shared_state["distributed_type"] = DistributedType.MULTI_GPU
+import hf_nanochat.pretrain as P
+sys.exit(P.main(sys.argv[1:]))
+"""
+
+# Same launcher arguments as the key names `accelerate launch` maps fsdp_config onto.
+ENV_NAMES = {"transformer_layer_cls_to_wrap": "TRANSFORMER_CLS_TO_WRAP"}
+
+
+def fsdp_env_from_recipe() -> dict:
+    fsdp_config = yaml.safe_load((REPO / "accelerate_configs/fsdp.yaml").read_text())["fsdp_config"]
+    env = {"ACCELERATE_USE_FSDP": "true"}
+    for key, value in fsdp_config.items():
+        name = key.removeprefix("fsdp_")
+        env["FSDP_" + ENV_NAMES.get(name, name.upper())] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(script: Path, args: list[str], processes: int = 2, fsdp: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", **(fsdp_env_from_recipe() if fsdp else {})}
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs/cpu_ddp.yaml"),
+        "--num_processes", str(processes), "--main_process_port", str(_free_port()), str(script), *args,
+    ]
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert '"steps": 8' in done.stdout, done.stdout[-2000:] + done.stderr[-4000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    corpus = make_corpus(root / "corpus", train_docs=1500, val_docs=100)
+    return corpus, make_tokenizer(root / "tokenizer", corpus)
+
+
+def cli_args(data, out: Path, *extra: str) -> list[str]:
+    values = tiny_overrides(*data, save_every=4, output_dir=str(out))
+    return [f"--{k}={v}" for k, v in values.items() if k != "sample_prompts"] + ["--sample_prompts=The red cat", *extra]
+
+
+def losses(run: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def final_weights(run: Path) -> dict:
+    return load_file(run / "model" / "model.safetensors")
+
+
+def assert_weights_close(a: dict, b: dict) -> None:
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-5), (k, (a[k] - b[k]).abs().max().item())
+
+
+def resume_copy(src: Path, dst: Path, step: int) -> None:
+    """A run that stopped right after checkpoint `step`."""
+    name = f"step_{step:06d}"
+    shutil.copytree(src / "checkpoints" / name, dst / "checkpoints" / name)
+    kept = [line for line in (src / "metrics.jsonl").read_text().splitlines() if json.loads(line)["step"] <= step]
+    (dst / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
+
+
+@pytest.fixture(scope="module")
+def runs(data, tmp_path_factory):
+    """2-process DDP and 2-process FSDP2, same recipe (Muon, fp32, 8 steps, checkpoints at 4 and 8)."""
+    root = tmp_path_factory.mktemp("runs")
+    entry = root / "fsdp_entry.py"
+    entry.write_text(FSDP_ON_CPU_ENTRY)
+    ddp = launch(REPO / "train.py", cli_args(data, root / "ddp"), fsdp=False)
+    fsdp = launch(entry, cli_args(data, root / "fsdp"))
+    return root, entry, ddp, fsdp
+
+
+@pytest.mark.slow
+def test_fsdp_shards_parameters_checkpoints_blocks_and_equals_ddp(runs):
+    root, _, ddp, fsdp = runs
+    assert "world size 2" in ddp.stdout and "world size 2" in fsdp.stdout
+    for rank in (0, 1):
+        # every rank holds exactly its half of every matrix (all row counts are even here)
+        assert f"sharding   [rank {rank}/2] FSDP2: 7 fully_shard units, activation checkpointing on 2 blocks; holds 237,568 of 475,136" in fsdp.stdout
+    assert "sharding" not in ddp.stdout
+    # Muon on sharded matrices + FSDP reductions = DDP + Muon on whole matrices
+    for a, b in zip(losses(root / "fsdp"), losses(root / "ddp"), strict=True):
+        assert abs(a - b) <= 1e-5
+    assert losses(root / "fsdp")[-1] < 0.5 * losses(root / "fsdp")[0]
+    assert_weights_close(final_weights(root / "fsdp"), final_weights(root / "ddp"))
+    # the sharded training state is DCP shards; the export is one consolidated, plain checkpoint
+    state = root / "fsdp/checkpoints/step_000008/state"
+    assert (state / "pytorch_model_fsdp_0").is_dir() and (state / "optimizer_0").is_dir()
+    config = json.loads((root / "fsdp/model/config.json").read_text())
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_nanochat_gpt.NanoChatGPTForCausalLM"
+    assert not list((root / "fsdp/model").glob("_fsdp*.py"))
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(root / "fsdp/model", trust_remote_code=True)
+    assert reloaded.transformer.h[1].mlp.c_fc.weight.shape == (512, 128)
+
+
+@pytest.mark.slow
+def test_fsdp_checkpoint_resumes_on_two_and_on_one_process(runs, data):
+    root, entry, _, _ = runs
+    on_two, on_one = root / "resume2", root / "resume1"
+    resume_copy(root / "fsdp", on_two, 4)
+    launch(entry, cli_args(data, on_two, "--resume"))
+    assert losses(on_two)[4:] == pytest.approx(losses(root / "fsdp")[4:], abs=1e-5)
+    assert_weights_close(final_weights(on_two), final_weights(root / "fsdp"))
+
+    resume_copy(root / "fsdp", on_one, 4)
+    done = launch(entry, cli_args(data, on_one, "--resume"), processes=1)
+    assert "resuming on 1 processes from a checkpoint saved by 2" in done.stdout
+    assert "holds 475,136 of 475,136" in done.stdout
+    state = json.loads((on_one / "checkpoints/step_000008/state/trainer_state.json").read_text())
+    assert state["world_size"] == 1 and state["step"] == 8
+    # the trained weights and optimizer were loaded: no relapse to a fresh model's loss
+    assert losses(on_one)[4] < 0.5 * losses(on_one)[0]
+
+
+@pytest.mark.slow
+def test_ddp_checkpoint_resumes_on_one_process(runs, data):
+    from hf_nanochat.pretrain import train
+    from hf_nanochat.train_config import config_from_dict
+
+    root = runs[0]
+    on_one = root / "ddp_resume1"
+    resume_copy(root / "ddp", on_one, 4)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        summary = train(config_from_dict(tiny_overrides(*data, save_every=4, output_dir=str(on_one))), resume=True)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert summary["steps"] == 8 and summary["world_size"] == 1
+    assert losses(on_one)[4] < 0.5 * losses(on_one)[0]
+
+
+MUON_SHARDED = textwrap.dedent(
+    """
+    import os, sys, torch, torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+    from hf_nanochat.optim import zeropower_via_newtonschulz5
+    from hf_nanochat.sharding import orthogonalise_sharded
+    dist.init_process_group("gloo")
+    mesh = init_device_mesh("cpu", (2,))
+    torch.manual_seed(0)
+    # odd and tiny row counts: uneven shards, and a rank holding no rows of a 1-row matrix
+    full = [torch.randn(shape) for shape in [(7, 5), (5, 9), (1, 4), (3, 3), (64, 16), (16, 64), (9, 9)]]
+    sharded = [distribute_tensor(m, mesh, [Shard(0)]) for m in full]
+    out = orthogonalise_sharded(sharded, 5, torch.float32, zeropower_via_newtonschulz5)
+    worst = 0.0
+    for m, o in zip(full, out):
+        assert o.placements == (Shard(0),) and tuple(o.shape) == tuple(m.shape)
+        worst = max(worst, (o.full_tensor() - zeropower_via_newtonschulz5(m, 5, torch.float32)).abs().max().item())
+    if dist.get_rank() == 0:
+        print("MAXDIFF", worst, flush=True)
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    os._exit(0)
+    """
+)
+
+
+@pytest.mark.slow
+def test_sharded_newton_schulz_equals_unsharded_on_uneven_shards(tmp_path):
+    script = tmp_path / "muon_sharded.py"
+    script.write_text(MUON_SHARDED)
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()), str(script)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("MAXDIFF")]
+    assert lines, done.stderr[-3000:]
+    assert float(lines[0].split()[1]) <= 1e-6
+
+
+def test_memory_cli_for_the_7b_recipe(capsys):
+    from hf_nanochat.cli import main
+
+    rc = main(["memory", "--config", str(REPO / "train_configs/7b.yaml"), "--accelerate-config", str(REPO / "accelerate_configs/fsdp.yaml"), "--gpu-memory", "80GB"])
+    out = capsys.readouterr().out
+    assert rc == 1  # does not fit: the exit status says so to scripts
+    assert "depth 52 (vocab 65536), bf16, muon, FSDP full shard x 8, activation checkpointing on, seq 2048" in out
+    assert "per device at device batch 24:" in out and "total           91.57 GiB" in out
+    assert "does NOT fit in 80.0 GiB" in out and "largest device batch that fits 80.0 GiB: 20" in out
+    rc = main(["memory", "--config", str(REPO / "train_configs/7b.yaml"), "--accelerate-config", str(REPO / "accelerate_configs/fsdp.yaml"), "--gpu-memory", "141GB"])
+    assert rc == 0 and "fits in 141.0 GiB" in capsys.readouterr().out
