@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -152,7 +153,9 @@ def main() -> int:
     results = {"ours": [], "reference": []}
     for r in range(args.rounds):
         results["reference"].append(reference_train(tokenizer, source, args.steps, seed=42))
-        results["ours"].append(our_train(tok_dir, source, args.steps, 42, work / f"ours_{r}"))
+        run_dir = work / f"ours_{r}"
+        shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, not a resume
+        results["ours"].append(our_train(tok_dir, source, args.steps, 42, run_dir))
     warm = min(5, args.steps // 4)
 
     def summarise(runs):
