@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -151,8 +152,11 @@ def main() -> int:
     tokenizer = load_tokenizer(str(tok_dir))
     results = {"ours": [], "reference": []}
     for r in range(args.rounds):
-        results["reference"].append(reference_train(tokenizer, source, args.steps, seed=42))
-        results["ours"].append(our_train(tok_dir, source, args.steps, 42, work / f"ours_{r}"))
+        run_dir = work / f"ours_{r}"
+        shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, not a resume
+        runs = [("reference", lambda: reference_train(tokenizer, source, args.steps, seed=42)), ("ours", lambda: our_train(tok_dir, source, args.steps, 42, run_dir))]
+        for name, run in runs if r % 2 == 0 else runs[::-1]:  # alternate who goes first
+            results[name].append(run())
     warm = min(5, args.steps // 4)
 
     def summarise(runs):

@@ -156,7 +156,8 @@ def test_evaluate_bpb_is_nanochats_definition():
     got = evaluate_bpb(model, iter(batches), 10, token_bytes, torch.no_grad, accelerator)  # 10 > 3: stops at the end
     nats = n_bytes = 0.0
     for x, y in batches:
-        logits = model(input_ids=x).logits
+        with torch.no_grad():
+            logits = model(input_ids=x).logits
         for b in range(y.shape[0]):
             for t in range(y.shape[1]):
                 target = int(y[b, t])
