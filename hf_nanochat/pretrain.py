@@ -607,7 +607,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     overrides = {k.removeprefix("override__"): parse_value(v) for k, v in vars(args).items() if k.startswith("override__")}
-    config = load_config(args.config, overrides)  # every error about the config surfaces here
+    try:
+        config = load_config(args.config, overrides)  # every error about the config surfaces here
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"train config error: {err}") from None
     summary = train(config, resume=args.resume)
     rc = 0 if summary["steps"] > 0 else 1
     if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:

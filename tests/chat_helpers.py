@@ -1,54 +1,82 @@
-"""Tiny tokenizer/model fixtures for the chat-stage tests (seconds on 2 CPU cores)."""
+"""Tiny chat model, tokenizer and a scripted model for the engine, app and CLI tests."""
 from __future__ import annotations
 
-import functools
+import time
 
 import torch
+from torch import nn
 
 from hf_nanochat import NanoChatGPTConfig, NanoChatGPTForCausalLM
+from hf_nanochat.tokenizer import train_tokenizer
 
-VOCAB = 512
-
-
-@functools.lru_cache(maxsize=1)
-def tiny_tokenizer():
-    from hf_nanochat.chat_data import build_mixture
-    from hf_nanochat.tokenizer import train_tokenizer
-
-    mix = build_mixture([{"source": s, "size": 150} for s in ("arithmetic", "spelling_bee", "identity", "simple_spelling")])
-    texts = ["".join(p["text"] for m in row for p in m["content"]) for row in mix["messages"]]
-    return train_tokenizer(texts, vocab_size=VOCAB)
+CORPUS = [
+    "The sky is blue because air scatters blue light more than red light.",
+    "Hello! How can I help you today? Let me compute that for you.",
+    "The answer is 12. Two plus two is four. Counting letters in strawberry gives 3.",
+] * 20
 
 
-def tiny_model(pretrained_like: bool = True, depth: int = 1, seed: int = 0) -> NanoChatGPTForCausalLM:
-    """A depth-1 model. nanochat zero-initialises lm_head and the residual projections; a
-    `pretrained_like` model gets small random values there instead, as a trained base has (LoRA
-    on an all-zero head would receive no gradient)."""
+def tiny_tokenizer(vocab_size: int = 320):
+    """nanochat's tokenizer trained on a little ASCII text, so accented letters, CJK and emoji
+    come out as several byte tokens each (what the UTF-8 streaming tests need)."""
+    return train_tokenizer(CORPUS, vocab_size=vocab_size)
+
+
+def tiny_model(vocab_size: int, depth: int = 2, seed: int = 0) -> NanoChatGPTForCausalLM:
+    """A random depth-`depth` model whose zero-initialised projections are randomised, so
+    different prompts give different logits."""
     torch.manual_seed(seed)
-    cfg = NanoChatGPTConfig.from_depth(depth, vocab_size=VOCAB, max_position_embeddings=256)
-    model = NanoChatGPTForCausalLM(cfg)
-    if pretrained_like:
-        with torch.no_grad():
-            for module in model.modules():
-                if getattr(module, "zero_init", False):
-                    module.weight.normal_(0.0, 0.02)
+    config = NanoChatGPTConfig.from_depth(depth, vocab_size=vocab_size, max_position_embeddings=256)
+    model = NanoChatGPTForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.05)
     return model
 
 
-def assistant_loss(model, tokenizer, conversations) -> float:
-    """Mean cross-entropy over assistant tokens (the SFT objective), one forward per conversation."""
-    from hf_nanochat.tokenizer import render_conversation
+class ScriptedModel(nn.Module):
+    """A real model whose next-token logits are overridden to follow `script`.
 
-    total, count = 0.0, 0
-    model.eval()
-    with torch.no_grad():
-        for messages in conversations:
-            ids, mask = render_conversation(tokenizer, messages)
-            x = torch.tensor([ids])
-            labels = torch.tensor([[i if m else -100 for i, m in zip(ids, mask)]])
-            logits = model(input_ids=x).logits[0, :-1]
-            tgt = labels[0, 1:]
-            loss = torch.nn.functional.cross_entropy(logits, tgt, ignore_index=-100, reduction="sum")
-            total += loss.item()
-            count += int((tgt != -100).sum())
-    return total / count
+    Generation step i (counted from the end of the prompt, forced tokens included) puts all
+    probability on `script[i]`; after the script it emits `<|assistant_end|>`. The cache and
+    shapes are the wrapped model's, so the engine drives it exactly like a real one.
+    `fed` records every token fed after the prompt (to see what the engine forced in).
+    """
+
+    def __init__(self, model: nn.Module, script: list[int], end_id: int, delay: float = 0.0):
+        super().__init__()
+        self.inner = model
+        self.config = model.config
+        self.script = list(script)
+        self.end_id = end_id
+        self.delay = delay
+        self.prompt_len = 0
+        self.fed: list[list[int]] = []
+
+    @property
+    def device(self) -> torch.device:
+        return self.inner.device
+
+    def forward(self, input_ids, past_key_values=None, **kwargs):
+        if past_key_values is None or past_key_values.get_seq_length() == 0:
+            self.prompt_len = input_ids.shape[1]
+            self.fed = []
+        else:
+            self.fed.append(input_ids[:, -1].tolist())
+        out = self.inner(input_ids=input_ids, past_key_values=past_key_values, **kwargs)
+        step = past_key_values.get_seq_length() - self.prompt_len
+        token = self.script[step] if step < len(self.script) else self.end_id
+        logits = torch.full_like(out.logits, -1e4)
+        logits[:, -1, token] = 0.0
+        out.logits = logits
+        if self.delay:
+            time.sleep(self.delay)  # lets a browser watch the reply grow
+        return out
+
+
+def save_tiny_chat_model(folder) -> None:
+    """A loadable chat model folder (weights, config, tokenizer) for CLI and app tests."""
+    tokenizer = tiny_tokenizer()
+    tiny_model(len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)

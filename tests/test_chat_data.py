@@ -3,7 +3,7 @@ import json
 
 import pytest
 from datasets import Dataset
-from chat_helpers import tiny_tokenizer
+from sft_helpers import tiny_tokenizer
 
 from hf_nanochat import chat_data
 from hf_nanochat.sft import tokenize_conversations
@@ -65,7 +65,7 @@ def test_trl_labels_follow_the_mask(tmp_path):
     """SFTTrainer's own preparation turns our mask into labels: ids where 1, -100 where 0."""
     from trl import SFTConfig, SFTTrainer
 
-    from chat_helpers import tiny_model
+    from sft_helpers import tiny_model
 
     tok = tiny_tokenizer()
     ds = tokenize_conversations(Dataset.from_list([chat_data.gsm8k_record(GSM_ROW)]), tok)

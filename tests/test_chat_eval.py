@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from chat_helpers import tiny_tokenizer
+from sft_helpers import tiny_tokenizer
 
 from hf_nanochat import chat_eval
 from hf_nanochat.tokenizer import encode_plain
@@ -115,7 +115,7 @@ def test_base_eval_bpb_matches_closed_form(tmp_path):
     bits, so bpb = log2(V) * (tokens with bytes) / (their bytes) on the very batches read."""
     import math
 
-    from chat_helpers import tiny_model
+    from sft_helpers import tiny_model
 
     from hf_nanochat.data import PretrainStream
     from hf_nanochat.tokenizer import token_byte_lengths
@@ -139,7 +139,7 @@ def test_base_eval_bpb_matches_closed_form(tmp_path):
 def test_eval_cli_writes_json_and_markdown(tmp_path):
     """`hf-nanochat eval` end to end on a saved model with the real Engine and local task files."""
     pytest.importorskip("hf_nanochat.engine")
-    from chat_helpers import tiny_model
+    from sft_helpers import tiny_model
 
     from hf_nanochat.cli import main
 

@@ -3,7 +3,7 @@ trust_remote_code, offline, in a process where hf_nanochat cannot be imported.""
 import json
 
 import pytest
-from chat_helpers import tiny_model, tiny_tokenizer
+from sft_helpers import tiny_model, tiny_tokenizer
 from isolated import run_without_hf_nanochat
 
 lm_eval = pytest.importorskip("lm_eval")

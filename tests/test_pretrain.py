@@ -156,7 +156,8 @@ def test_evaluate_bpb_is_nanochats_definition():
     got = evaluate_bpb(model, iter(batches), 10, token_bytes, torch.no_grad, accelerator)  # 10 > 3: stops at the end
     nats = n_bytes = 0.0
     for x, y in batches:
-        logits = model(input_ids=x).logits
+        with torch.no_grad():
+            logits = model(input_ids=x).logits
         for b in range(y.shape[0]):
             for t in range(y.shape[1]):
                 target = int(y[b, t])
@@ -259,3 +260,25 @@ def test_ddp_two_processes_identical_params_and_exact_resume(data, tmp_path):
         a = torch.load(resumed / f"params_rank{rank}_step16.pt")
         b = torch.load(ref / f"params_rank{rank}_step16.pt")
         assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+@pytest.mark.slow
+def test_tiny_cpu_recipe_end_to_end(tmp_path):
+    """The shipped recipe, shortened: offline corpus, its own tokenizer, train, sample, reload."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "hf_nanochat.cli", "train", "--config", "train_configs/tiny_cpu.yaml", "--output_dir", str(tmp_path),
+           "--num_iterations=4", "--eval_every=2", "--save_every=2", "--eval_tokens=4096", "--tokenizer_max_chars=300000", "--tokenizer_vocab_size=1024"]
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("model      depth 2"))
+    assert all(not line.startswith("step") for line in lines[:start])  # the plan comes before training
+    assert lines[start + 1].startswith("precision  fp32: auto: CPU")
+    metrics = read_metrics(tmp_path)
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4] and metrics[-1]["loss"] < metrics[0]["loss"]
+    assert [m["step"] for m in metrics if "val_bpb" in m] == [2, 4]
+    assert (tmp_path / "tokenizer" / "tokenizer.json").exists()
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "model")
+    assert model.config.vocab_size == len(tok) <= 1024
+    assert len((tmp_path / "samples.jsonl").read_text().splitlines()) == 2 * 3

@@ -3,7 +3,7 @@ import json
 
 import pytest
 import torch
-from chat_helpers import assistant_loss, tiny_model, tiny_tokenizer
+from sft_helpers import assistant_loss, tiny_model, tiny_tokenizer
 from datasets import Dataset
 
 from hf_nanochat import chat_data

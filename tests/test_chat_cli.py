@@ -1,0 +1,76 @@
+"""`hf-nanochat chat`: one-shot -p and an interactive session fed through stdin."""
+import io
+import subprocess
+import sys
+
+import pytest
+from chat_helpers import save_tiny_chat_model
+
+from hf_nanochat.cli import main
+from hf_nanochat.engine import Engine, parse_rendered_reply
+
+GREEDY = ["--temperature", "0", "--max-tokens", "12", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("chat_model")
+    save_tiny_chat_model(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def engine(model_dir):
+    from hf_nanochat.engine import load_chat_model
+
+    return Engine(*load_chat_model(str(model_dir), device="cpu"))
+
+
+def expected_reply(engine, messages):
+    return "".join(engine.chat(messages, temperature=0, max_tokens=12))
+
+
+def test_one_shot_prompt_from_the_console_script(model_dir, engine):
+    result = subprocess.run(
+        [sys.executable, "-m", "hf_nanochat.cli", "chat", "--model", str(model_dir), "-p", "Why is the sky blue?", *GREEDY],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    want = expected_reply(engine, [{"role": "user", "content": "Why is the sky blue?"}])
+    assert want and result.stdout == want + "\n"
+
+
+def test_interactive_session_keeps_history_clears_and_exits(model_dir, engine, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hello\nHow are you?\n/clear\nHow are you?\n/exit\nnever read\n"))
+    assert main(["chat", "--model", str(model_dir), *GREEDY]) == 0
+    out = capsys.readouterr().out
+    replies = [part.split("\n")[0] for part in out.split("Assistant: ")[1:]]
+    assert len(replies) == 3 and "(conversation cleared)" in out
+    first = expected_reply(engine, [{"role": "user", "content": "Hello"}])
+    second = expected_reply(
+        engine,
+        [
+            {"role": "user", "content": "Hello"},
+            {"role": "assistant", "content": parse_rendered_reply(first)},
+            {"role": "user", "content": "How are you?"},
+        ],
+    )
+    fresh = expected_reply(engine, [{"role": "user", "content": "How are you?"}])
+    assert replies == [first, second, fresh]
+    assert second != fresh  # the history reached the model before /clear, not after
+
+
+def test_end_of_input_exits_cleanly_and_unknown_commands_help(model_dir, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("/help\n"))
+    assert main(["chat", "--model", str(model_dir), *GREEDY]) == 0
+    assert "unknown command /help; commands: /clear" in capsys.readouterr().out
+
+
+def test_over_long_conversation_is_an_error_message_not_a_crash(model_dir, monkeypatch, capsys):
+    long = "blue sky " * 200  # > the tiny model's 256-token context
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{long}\nHello\n/exit\n"))
+    assert main(["chat", "--model", str(model_dir), *GREEDY]) == 0
+    captured = capsys.readouterr()
+    assert "error: prompt has" in captured.err and "context is 256" in captured.err
+    assert captured.out.count("Assistant: ") == 2
+    assert main(["chat", "--model", str(model_dir), "-p", long, *GREEDY]) == 1
