@@ -160,3 +160,21 @@ def test_eval_cli_writes_json_and_markdown(tmp_path):
     assert res["tasks"]["GSM8K"]["total"] == 1
     assert res["chatcore"] == pytest.approx(chat_eval.chatcore({k: v["accuracy"] for k, v in res["tasks"].items()}))
     assert "| ARC-Easy | 25.00% | 1 / 4 |" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.parametrize("final, expected", [("51", True), ("50", False)])
+def test_gsm8k_through_the_engine_with_a_calculator_call(final, expected):
+    """A scripted model calls the calculator (the engine forces the result in) and then writes
+    `#### final`; the task scores the decoded completion."""
+    from chat_helpers import ScriptedModel
+    from chat_helpers import tiny_model as engine_model
+
+    tok = tiny_tokenizer()
+    t = tok.convert_tokens_to_ids
+    enc = lambda s: encode_plain(tok, [s])[0]  # noqa: E731
+    forced = [t("<|output_start|>"), *enc("51"), t("<|output_end|>")]
+    script = enc("So ") + [t("<|python_start|>"), *enc("17*3"), t("<|python_end|>")] + [0] * len(forced) + enc(f"\n#### {final}")
+    model = ScriptedModel(engine_model(len(tok)), script, t("<|assistant_end|>"))
+    record = chat_eval.chat_data.gsm8k_record({"question": "What is 17*3?", "answer": "17*3=<<17*3=51>>51\n#### 51"})
+    generate = chat_eval.engine_generator(model, tok, max_tokens=64, temperature=0.0)
+    assert chat_eval.score_generative(tok, [record], chat_eval.numeric_answer_correct, generate) == [expected]
