@@ -1,7 +1,8 @@
 """`hf-nanochat` command line.
 
 Each subcommand lives in the module that owns its feature; that module exposes
-`add_arguments(parser)` and `run(args) -> int | None`. The table below is the only
+`add_arguments(parser)` and `run(args) -> int | None`, or `main(argv) -> int` when it parses
+its own arguments (the training entry point, whose options depend on the recipe's stage). The table below is the only
 place that lists them, and modules are imported lazily so `hf-nanochat info`
 does not pay for importing gradio or TRL.
 """
@@ -21,7 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "merge": ("hf_nanochat.merge", "merge a LoRA adapter folder into its base model: merge ADAPTER_DIR OUT"),
     "tokenizer": ("hf_nanochat.tokenizer_cli", "train nanochat's BPE tokenizer, or print its bytes-per-token table"),
     "memory": ("hf_nanochat.memory_cli", "per-device memory of a training recipe: does it fit, largest device batch"),
-    "train": ("hf_nanochat.pretrain", "base pretraining with Accelerate (same as train.py): --config train_configs/X.yaml"),
+    "train": ("hf_nanochat.train_entry", "train any stage (base, mid, sft) with Accelerate, as train.py: --config train_configs/X.yaml"),
+    "speedrun": ("hf_nanochat.speedrun", "the whole pipeline for a hardware recipe: tokenizer -> base -> mid -> SFT -> eval -> report"),
 }
 
 
@@ -42,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     top = build_parser()
     ns = top.parse_args(argv[:1] if argv and not argv[0].startswith("-") else argv)
     module = importlib.import_module(ns._module)
+    if not hasattr(module, "add_arguments"):
+        return int(module.main(argv[1:]) or 0)
     parser = argparse.ArgumentParser(prog=f"hf-nanochat {ns.command}", description=COMMANDS[ns.command][1])
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])

@@ -1,0 +1,272 @@
+"""`hf-nanochat speedrun RECIPE`: nanochat's whole pipeline, one command, crash-safe.
+
+    tokenizer -> base pretraining -> base eval -> mid-training -> mid eval -> SFT -> chat eval -> report
+
+Each training stage runs under `accelerate launch` with the recipe's accelerate config (or
+`--launch-config`), in a child process, so a stage is exactly what a user would type by hand.
+Progress lives in `OUT/speedrun_state.json` (written atomically): a stage whose output is
+complete is skipped, and an interrupted training stage resumes from its last checkpoint (the
+training entry points resume by themselves). Rerunning the same command after a crash or a
+kill finishes the job without redoing work.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIRS = {"train": REPO_ROOT / "train_configs", "launch": REPO_ROOT / "accelerate_configs"}
+STATE_FILE = "speedrun_state.json"
+CPU_FLOPS_ASSUMED = 2e10  # effective fp32 FLOP/s of a 2-core CPU, for the time estimate only
+GPU_MFU_ASSUMED = 0.4
+
+
+@dataclass(frozen=True)
+class Recipe:
+    description: str
+    launch_config: str  # accelerate_configs/<name>
+    base: str  # train_configs/<name>
+    mid: str
+    sft: str
+    tokenizer_data: str = "karpathy/fineweb-edu-100b-shuffle"
+    tokenizer_vocab_size: int = 65536
+    tokenizer_max_chars: int = 2_000_000_000
+    base_eval_batches: int | None = None  # None: the whole val split
+    chat_tasks: tuple[str, ...] = ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee")
+    chat_max_problems: int | None = None
+    gpu: str | None = None  # name for the time estimate (peak FLOP/s table); None: CPU
+    num_devices: int = 1
+    dollars_per_hour: float = 0.0  # whole machine
+
+
+RECIPES: dict[str, Recipe] = {
+    "tiny_cpu": Recipe(
+        "a tiny model on 2 CPU cores, offline, in minutes: checks the whole pipeline",
+        "cpu.yaml", "tiny_cpu.yaml", "mid_tiny_cpu.yaml", "sft_tiny_cpu.yaml",
+        tokenizer_data="offline", tokenizer_vocab_size=4096, tokenizer_max_chars=3_000_000,
+        base_eval_batches=16, chat_tasks=("SpellingBee",), chat_max_problems=16,
+    ),
+    "p100": Recipe(
+        "d12 in fp16 on one 16 GB P100 (the seed guide's speedrun_p100.sh)",
+        "p100.yaml", "d12_p100.yaml", "mid.yaml", "sft.yaml", gpu="P100", dollars_per_hour=1.5,
+    ),
+    "single_gpu": Recipe(
+        "d20 (561M) in bf16 on one A100/H100 80 GB", "single_gpu.yaml", "d20.yaml", "mid.yaml", "sft.yaml",
+        gpu="H100", dollars_per_hour=3.0,
+    ),
+    "h100x8": Recipe(
+        "the d20 speedrun in bf16 on 8x H100 with DDP", "multi_gpu.yaml", "d20.yaml", "mid.yaml", "sft.yaml",
+        gpu="H100", num_devices=8, dollars_per_hour=24.0,
+    ),
+    "3b": Recipe(
+        "d38 (3.02B) in bf16 with FSDP on 8 GPUs (the seed guide's run3b.sh)", "fsdp.yaml", "3b.yaml", "mid.yaml",
+        "sft.yaml", gpu="H100", num_devices=8, dollars_per_hour=24.0,
+    ),
+    "7b": Recipe(
+        "d52 (7.35B) in bf16 with FSDP on 8 GPUs (the seed guide's run7b.sh)", "fsdp.yaml", "7b.yaml", "mid.yaml",
+        "sft.yaml", gpu="H100", num_devices=8, dollars_per_hour=24.0,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    command: list[str]
+    output: Path  # the stage is complete when this exists (and the state says done)
+    training: bool = False
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "hf_nanochat.cli", *args]
+
+
+def _launched(launch_config: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(launch_config), "-m", "hf_nanochat.cli", *args]
+
+
+def build_stages(recipe: Recipe, out: Path, launch_config: Path) -> list[Stage]:
+    train_dir = CONFIG_DIRS["train"]
+    tok, base, mid, sft = out / "tokenizer", out / "base", out / "mid", out / "sft"
+    eval_chat = ["--kind", "chat", "--tasks", ",".join(recipe.chat_tasks)]
+    if recipe.chat_max_problems:
+        eval_chat += ["--max-problems", str(recipe.chat_max_problems)]
+    base_eval = ["--kind", "base", "--source", recipe.tokenizer_data]
+    if recipe.base_eval_batches:
+        base_eval += ["--max-batches", str(recipe.base_eval_batches)]
+    seq_len = str(load_train_config(recipe.base).max_seq_len)
+    return [
+        Stage("tokenizer", _cli("tokenizer", "train", "--data", recipe.tokenizer_data, "--vocab-size",
+                                str(recipe.tokenizer_vocab_size), "--max-chars", str(recipe.tokenizer_max_chars),
+                                "--output", str(tok)), tok / "tokenizer.json"),
+        Stage("base", _launched(launch_config, "train", "--config", str(train_dir / recipe.base), "--resume",
+                                f"--output_dir={base}", f"--tokenizer={tok}"), base / "model" / "config.json", True),
+        Stage("base_eval", _cli("eval", str(base / "model"), *base_eval, "--seq-len", seq_len,
+                                "--out", str(out / "eval_base.json")), out / "eval_base.json"),
+        Stage("mid", _launched(launch_config, "train", "--config", str(train_dir / recipe.mid),
+                               f"--model={base / 'model'}", f"--output_dir={mid}"), mid / "config.json", True),
+        Stage("mid_eval", _cli("eval", str(mid), *eval_chat, "--out", str(out / "eval_mid.json")), out / "eval_mid.json"),
+        Stage("sft", _launched(launch_config, "train", "--config", str(train_dir / recipe.sft),
+                               f"--model={mid}", f"--output_dir={sft}"), sft / "config.json", True),
+        Stage("sft_eval", _cli("eval", str(sft), *eval_chat, "--out", str(out / "eval_sft.json")), out / "eval_sft.json"),
+    ]
+
+
+def load_train_config(name: str):
+    from hf_nanochat.train_config import load_config
+
+    return load_config(CONFIG_DIRS["train"] / name)
+
+
+# --------------------------------------------------------------------------------------- state
+
+
+def read_state(out: Path) -> dict:
+    path = out / STATE_FILE
+    return json.loads(path.read_text()) if path.exists() else {"stages": {}}
+
+
+def write_state(out: Path, state: dict) -> None:
+    tmp = out / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=1))
+    os.replace(tmp, out / STATE_FILE)  # atomic: a kill leaves the old or the new state, never half
+
+
+def is_complete(stage: Stage, state: dict) -> bool:
+    return state["stages"].get(stage.name, {}).get("status") == "done" and stage.output.exists()
+
+
+# ---------------------------------------------------------------------------------------- plan
+
+
+def plan(recipe: Recipe, name: str, launch_config: Path) -> dict:
+    """Model size, tokens, FLOPs, time and memory of the base stage, before anything runs."""
+    import torch
+
+    from hf_nanochat.info import model_shape
+    from hf_nanochat.memory import estimate_memory
+    from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
+    from hf_nanochat.pretrain import PEAK_FLOPS, resolve_horizon
+
+    cfg = load_train_config(recipe.base)
+    vocab = recipe.tokenizer_vocab_size
+    shape = model_shape(cfg.depth, vocab_size=vocab, seq_len=cfg.max_seq_len)
+    steps, horizon = resolve_horizon(cfg, shape["params"], shape["flops_per_token"])
+    tokens = steps * cfg.total_batch_size
+    flops = shape["flops_per_token"] * tokens
+    rate = PEAK_FLOPS[recipe.gpu] * GPU_MFU_ASSUMED * recipe.num_devices if recipe.gpu else CPU_FLOPS_ASSUMED
+    launch = yaml.safe_load(launch_config.read_text()) or {}
+    fsdp = launch.get("distributed_type") == "FSDP"
+    dtype = "fp32" if not recipe.gpu else ("fp16" if recipe.gpu in ("P100", "V100", "T4") else "bf16")
+    batch = cfg.device_batch_size if isinstance(cfg.device_batch_size, int) else 1
+    memory = estimate_memory(
+        NanoChatGPTConfig.from_depth(cfg.depth, vocab_size=vocab, max_position_embeddings=cfg.max_seq_len),
+        batch, cfg.max_seq_len, dtype=dtype, world_size=recipe.num_devices, fsdp=fsdp,
+        activation_checkpointing=fsdp, optimizer=cfg.optimizer, on_gpu=recipe.gpu is not None,
+    )
+    hours = flops / rate / 3600
+    return {
+        "recipe": name, "description": recipe.description, "launch_config": str(launch_config),
+        "depth": cfg.depth, "params": shape["params"], "steps": steps, "horizon": horizon,
+        "tokens": tokens, "tokens_per_param": tokens / shape["params"], "flops": flops,
+        "estimated_hours_base": hours, "estimated_cost_base": hours * recipe.dollars_per_hour,
+        "memory_per_device_gib": memory.total / 2**30, "dtype": dtype,
+        "torch": torch.__version__,
+    }
+
+
+def _duration(hours: float) -> str:
+    return f"{hours * 60:,.1f} min" if hours < 2 else f"{hours:,.1f} h"
+
+
+def format_plan(p: dict, stages: list[Stage]) -> str:
+    speed = "an assumed 20 GFLOP/s CPU" if p["dtype"] == "fp32" else f"{GPU_MFU_ASSUMED:.0%} MFU"
+    return "\n".join([
+        f"speedrun {p['recipe']}: {p['description']}",
+        f"  stages: {' -> '.join(s.name for s in stages)} -> report",
+        f"  model: depth {p['depth']}, {p['params'] / 1e6:,.1f}M parameters, {p['dtype']}",
+        f"  base: {p['steps']:,} steps ({p['horizon']}), {p['tokens'] / 1e6:,.1f}M tokens, "
+        f"{p['tokens_per_param']:.1f} tokens/param, {p['flops']:.2e} FLOPs",
+        f"  estimated base pretraining time: {_duration(p['estimated_hours_base'])} at {speed}"
+        + (f", ~${p['estimated_cost_base']:,.0f}" if p["estimated_cost_base"] else ""),
+        f"  estimated memory per device: {p['memory_per_device_gib']:.2f} GiB (hf-nanochat memory for details)",
+        f"  launch config: {p['launch_config']}",
+    ])
+
+
+# ----------------------------------------------------------------------------------------- run
+
+
+def run_stage(stage: Stage, out: Path, state: dict) -> None:
+    entry = state["stages"].setdefault(stage.name, {})
+    resumed = entry.get("status") in ("running", "failed")
+    entry.update(status="running", command=shlex.join(stage.command), attempts=entry.get("attempts", 0) + 1)
+    write_state(out, state)
+    print(f"\n=== {stage.name}{' (resuming)' if resumed else ''}: {shlex.join(stage.command)}", flush=True)
+    t0 = time.time()
+    with open(out / "logs" / f"{stage.name}.log", "a") as log:
+        proc = subprocess.Popen(stage.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT)
+        for line in proc.stdout:  # show progress live and keep it
+            sys.stdout.write(line)
+            log.write(line)
+        code = proc.wait()
+    entry["seconds"] = entry.get("seconds", 0.0) + (time.time() - t0)
+    if code != 0 or not stage.output.exists():
+        entry["status"] = "failed"
+        write_state(out, state)
+        raise RuntimeError(f"stage {stage.name} failed (exit {code}); log: {out / 'logs' / (stage.name + '.log')}. "
+                           "Rerun the same command to resume.")
+    entry["status"] = "done"
+    write_state(out, state)
+
+
+def speedrun(name: str, out: Path, launch_config: str | None = None, dry_run: bool = False) -> int:
+    if name not in RECIPES:
+        raise SystemExit(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
+    recipe = RECIPES[name]
+    launch = Path(launch_config) if launch_config else CONFIG_DIRS["launch"] / recipe.launch_config
+    if not launch.exists():
+        raise SystemExit(f"accelerate config not found: {launch}")
+    out = out.resolve()
+    stages = build_stages(recipe, out, launch.resolve())
+    p = plan(recipe, name, launch)
+    print(format_plan(p, stages), flush=True)
+    if dry_run:
+        return 0
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    state = read_state(out)
+    if state.get("recipe", name) != name:
+        raise SystemExit(f"{out} holds a {state['recipe']!r} speedrun; use another --output")
+    state.update(recipe=name, plan=p, launch_config=str(launch))
+    write_state(out, state)
+    for stage in stages:
+        if is_complete(stage, state):
+            print(f"=== {stage.name}: complete, skipped", flush=True)
+            continue
+        run_stage(stage, out, state)
+
+    from hf_nanochat.report import write_report
+
+    md, _ = write_report(out)
+    print(f"\nreport: {md}\nchat with it:  python -m hf_nanochat.app --model {out / 'sft'}", flush=True)
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", choices=sorted(RECIPES), help="hardware recipe")
+    parser.add_argument("--output", default=None, help="run folder (default: runs/RECIPE)")
+    parser.add_argument("--launch-config", default=None, help="accelerate config to use instead of the recipe's")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+
+
+def run(args: argparse.Namespace) -> int:
+    return speedrun(args.recipe, Path(args.output or f"runs/{args.recipe}"), args.launch_config, args.dry_run)

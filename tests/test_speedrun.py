@@ -1,0 +1,109 @@
+"""The tiny_cpu speedrun end to end, offline, killed mid-pretraining and finished by a rerun.
+
+One run serves all the checks below (it takes minutes on 2 cores): the plan, skipping of
+finished stages, resuming the interrupted one, and a report whose numbers are the run's own.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hf_nanochat.speedrun import RECIPES, build_stages, CONFIG_DIRS
+
+pytestmark = pytest.mark.slow
+
+
+def _speedrun(out: Path, **kw) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "hf_nanochat.cli", "speedrun", "tiny_cpu", "--output", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True, **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("speedrun")
+    first = _speedrun(out)
+    checkpoints = out / "base" / "checkpoints"
+    deadline = time.time() + 900
+    # Kill the whole process tree (as a crash would) once pretraining has saved a checkpoint.
+    while time.time() < deadline and first.poll() is None:
+        if checkpoints.exists() and any(p.name.startswith("step_") for p in checkpoints.iterdir()):
+            break
+        time.sleep(0.5)
+    assert first.poll() is None, "the speedrun ended before pretraining saved a checkpoint:\n" + first.stdout.read()
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    killed_state = json.loads((out / "speedrun_state.json").read_text())
+    tokenizer_mtime = (out / "tokenizer" / "tokenizer.json").stat().st_mtime
+
+    second = _speedrun(out)
+    log = second.communicate(timeout=1500)[0]
+    assert second.returncode == 0, log
+    return out, log, killed_state, tokenizer_mtime
+
+
+def test_plan_is_printed_first(run):
+    _, log, _, _ = run
+    first_lines = log.splitlines()[:8]
+    assert first_lines[0].startswith("speedrun tiny_cpu:")
+    assert any("parameters" in line for line in first_lines) and any("tokens" in line for line in first_lines)
+
+
+def test_rerun_skips_finished_stages_and_resumes_pretraining(run):
+    out, log, killed_state, tokenizer_mtime = run
+    assert killed_state["stages"]["tokenizer"]["status"] == "done"
+    assert killed_state["stages"]["base"]["status"] == "running"
+    assert "=== tokenizer: complete, skipped" in log
+    assert (out / "tokenizer" / "tokenizer.json").stat().st_mtime == tokenizer_mtime
+    assert "=== base (resuming)" in log
+    state = json.loads((out / "speedrun_state.json").read_text())
+    assert state["stages"]["tokenizer"]["attempts"] == 1
+    assert state["stages"]["base"]["attempts"] == 2
+    assert all(s["status"] == "done" for s in state["stages"].values())
+    # Pretraining continued from its checkpoint: every step logged exactly once, none redone from 1.
+    steps = [json.loads(line)["step"] for line in (out / "base" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, len(steps) + 1))
+    resumed_from = [line for line in log.splitlines() if "resum" in line.lower() and "step" in line.lower()]
+    assert resumed_from, "the base stage should say which step it resumed from"
+
+
+def test_report_numbers_come_from_the_run(run):
+    out, _, _, _ = run
+    report = json.loads((out / "report.json").read_text())
+    metrics = [json.loads(line) for line in (out / "base" / "metrics.jsonl").read_text().splitlines()]
+    base = report["base"]
+    assert base["steps"] == metrics[-1]["step"] == 150
+    assert base["tokens"] == metrics[-1]["tokens"]
+    assert base["final_loss"] == metrics[-1]["loss"] < metrics[0]["loss"]
+    assert base["val_bpb"] == json.loads((out / "eval_base.json").read_text())["val_bpb"]
+    config = json.loads((out / "base" / "model" / "config.json").read_text())
+    assert base["depth"] == config["num_hidden_layers"] and base["vocab_size"] == config["vocab_size"]
+    for stage in ("mid", "sft"):
+        evaluation = json.loads((out / f"eval_{stage}.json").read_text())
+        assert report["chat"][stage]["tasks"] == {k: v["accuracy"] for k, v in evaluation["tasks"].items()}
+        assert report["chat"][stage]["train_loss"] == json.loads((out / stage / "train_metrics.json").read_text())["train_loss"]
+    assert report["tokenizer"]["vocab_size"] == config["vocab_size"]
+    assert report["chat_samples"] and all(s["reply"] for s in report["chat_samples"])
+    md = (out / "report.md").read_text()
+    assert f"{base['params']:,}" in md and "ChatCORE" in md and "report_loss.png" in md
+    png = (out / "report_loss.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_every_recipe_plans_without_running(tmp_path):
+    for name, recipe in RECIPES.items():
+        stages = build_stages(recipe, tmp_path / name, CONFIG_DIRS["launch"] / recipe.launch_config)
+        assert [s.name for s in stages] == ["tokenizer", "base", "base_eval", "mid", "mid_eval", "sft", "sft_eval"]
+        out = subprocess.run(
+            [sys.executable, "-m", "hf_nanochat.cli", "speedrun", name, "--dry-run", "--output", str(tmp_path / name)],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        assert out.startswith(f"speedrun {name}:") and "estimated memory per device" in out
+        assert not (tmp_path / name).exists()  # a dry run writes nothing
