@@ -1,5 +1,6 @@
-"""Model speed, side by side in one run: ours vs transformers' built-in NanoChatForCausalLM vs
-a plain-PyTorch nanochat GPT, all on the same config (depth 4, vocab 8192) on CPU.
+"""Model speed, side by side in one run: ours vs transformers' built-in NanoChatForCausalLM (same
+weights, via hf_nanochat.convert) vs a plain-PyTorch nanochat GPT, on the same config (depth 4,
+vocab 8192) on CPU.
 
 - training step tokens/s: forward + backward + AdamW, batch 4 x seq 256
 - greedy decode tokens/s with a KV cache: batch 1, 32-token prompt, 128 new tokens
@@ -18,9 +19,8 @@ import time
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import NanoChatConfig, NanoChatForCausalLM
-
 from hf_nanochat import NanoChatGPTConfig, NanoChatGPTForCausalLM
+from hf_nanochat.convert import to_transformers
 
 
 class PlainGPT(nn.Module):
@@ -64,20 +64,6 @@ class PlainGPT(nn.Module):
             x = x + self.fc2[i](F.relu(self.fc[i](norm(x))).square())
         logits = self.lm_head(norm(x)).float()
         return 15 * torch.tanh(logits / 15)
-
-
-def builtin_from(config: NanoChatGPTConfig) -> NanoChatForCausalLM:
-    return NanoChatForCausalLM(
-        NanoChatConfig(
-            vocab_size=config.vocab_size,
-            hidden_size=config.hidden_size,
-            intermediate_size=config.intermediate_size,
-            num_hidden_layers=config.num_hidden_layers,
-            num_attention_heads=config.num_attention_heads,
-            num_key_value_heads=config.num_key_value_heads,
-            max_position_embeddings=config.max_position_embeddings,
-        )
-    )
 
 
 def train_step_fn(model, batch, plain: bool):
@@ -131,11 +117,12 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     config = NanoChatGPTConfig.from_depth(4, vocab_size=8192, max_position_embeddings=512)
-    models = {"ours": NanoChatGPTForCausalLM(config), "builtin": builtin_from(config), "plain": PlainGPT(config)}
-    for m in models.values():
+    ours, plain = NanoChatGPTForCausalLM(config), PlainGPT(config)
+    for m in (ours, plain):
         with torch.no_grad():
             for p in m.parameters():
                 p.normal_(0, 0.02)
+    models = {"ours": ours, "builtin": to_transformers(ours), "plain": plain}  # builtin: the same weights
 
     batch = torch.randint(0, config.vocab_size, (4, 257))
     for m in models.values():
