@@ -24,6 +24,7 @@ DEFAULT_LICENSE = "mit"  # nanochat's license
 DEFAULT_DATASETS = ["HuggingFaceFW/fineweb-edu"]  # nanochat's pretraining corpus
 DEFAULT_TAGS = ["nanochat", "hf-nanochat", "text-generation", "custom_code"]
 REPORT_FILE = "report.md"  # written by the speedrun next to the final checkpoint
+REPORT_PLOT = "report_loss.png"
 
 
 class MissingTokenError(RuntimeError):
@@ -85,6 +86,8 @@ def build_upload_folder(
         if (folder / name).is_file():
             shutil.copy2(folder / name, out / name)
     report = (folder / REPORT_FILE).read_text() if (folder / REPORT_FILE).is_file() else None
+    if report is not None and (folder / REPORT_PLOT).is_file():
+        shutil.copy2(folder / REPORT_PLOT, out / REPORT_PLOT)  # the report links to it
     card = model_card(
         repo_id, model, report,
         license=license, datasets=DEFAULT_DATASETS if datasets is None else datasets, base_model=base_model,
@@ -170,7 +173,9 @@ def model_card(
     name = repo_id.split("/")[-1]
     depth = model.config.num_hidden_layers
     if report:
-        report_section = "## Training report\n\n" + report.strip() + "\n"
+        # The report's own headings sit two levels below the card's "## Training report".
+        demoted = "\n".join("##" + line if line.startswith("#") else line for line in report.strip().splitlines())
+        report_section = "## Training report\n\n" + demoted + "\n"
     else:
         report_section = (
             "## Training report\n\nThis folder came without a training report (`report.md`); "

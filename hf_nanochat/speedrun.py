@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -257,7 +258,12 @@ def speedrun(name: str, out: Path, launch_config: str | None = None, dry_run: bo
     from hf_nanochat.report import write_report
 
     md, _ = write_report(out)
-    print(f"\nreport: {md}\nchat with it:  python -m hf_nanochat.app --model {out / 'sft'}", flush=True)
+    # The final model carries its report card, so `hf-nanochat push OUT/sft` puts it on the Hub.
+    for name in (md.name, "report_loss.png"):
+        if (out / name).exists():
+            shutil.copy2(out / name, out / "sft" / name)
+    print(f"\nreport: {md}\nchat with it:  python -m hf_nanochat.app --model {out / 'sft'}"
+          f"\nshare it:      hf-nanochat push {out / 'sft'} YOUR_NAME/nanochat-{name}", flush=True)
     return 0
 
 

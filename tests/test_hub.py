@@ -183,3 +183,18 @@ def test_push_command_over_http_matches_dry_run(model_folder, hub_standin, tmp_p
     assert cli_main(["push", str(model_folder), REPO, "--revision", "exp"]) == 0
     build_upload_folder(model_folder, tmp_path / "dry", REPO)
     assert hub_standin.repos[f"{REPO}@exp"] == {p.name: p.read_bytes() for p in (tmp_path / "dry").iterdir()}
+
+
+def test_speedrun_report_is_embedded_with_its_plot(model_folder, tmp_path):
+    import shutil
+
+    folder = tmp_path / "withplot"
+    shutil.copytree(model_folder, folder)
+    (folder / "report.md").write_text("# nanochat training report: tiny\n\n## Base model\n\n- val bpb: 2.41\n\n![loss](report_loss.png)\n")
+    (folder / "report_loss.png").write_bytes(b"\x89PNG\r\n\x1a\nfake")
+    out = build_upload_folder(folder, tmp_path / "upload", REPO)
+    card = (out / "README.md").read_text()
+    # The report's headings sit under the card's "## Training report", never above it.
+    assert "\n### nanochat training report: tiny\n" in card and "\n#### Base model\n" in card
+    assert "\n# nanochat training report" not in card
+    assert (out / "report_loss.png").read_bytes() == (folder / "report_loss.png").read_bytes()

@@ -95,6 +95,8 @@ def test_report_numbers_come_from_the_run(run):
     assert f"{base['params']:,}" in md and "ChatCORE" in md and "report_loss.png" in md
     png = (out / "report_loss.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    # The final model folder carries the report, so the Hub card embeds it.
+    assert (out / "sft" / "report.md").read_text() == md
 
 
 def test_every_recipe_plans_without_running(tmp_path):
