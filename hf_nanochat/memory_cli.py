@@ -51,24 +51,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpu", action="store_true", help="leave out the CUDA context/allocator reserve (CPU runs)")
 
 
-def run(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    topo = launch_topology(args.accelerate_config)
+def recipe_memory(config, accelerate_config: str | None, on_gpu: bool = True) -> tuple[NanoChatGPTConfig, int, dict]:
+    """(model config, device batch, estimate_memory keyword arguments) for a train config run
+    under an accelerate config. `device_batch_size: auto` is shown at batch 1."""
+    topo = launch_topology(accelerate_config)
     # precision: an explicit train-config choice wins; `auto` follows the launcher, else fp32.
     dtype = config.precision if config.precision != "auto" else (topo["mixed_precision"] or "fp32")
     model = NanoChatGPTConfig.from_depth(config.depth, vocab_size=vocab_size(config), max_position_embeddings=config.max_seq_len, num_key_value_heads=config.num_kv_heads)
-    kwargs = dict(dtype=dtype, world_size=topo["world_size"], fsdp=topo["fsdp"], activation_checkpointing=topo["activation_checkpointing"], optimizer=config.optimizer, on_gpu=not args.cpu)
+    kwargs = dict(dtype=dtype, world_size=topo["world_size"], fsdp=topo["fsdp"], activation_checkpointing=topo["activation_checkpointing"], optimizer=config.optimizer, on_gpu=on_gpu)
+    batch = 1 if config.device_batch_size == "auto" else config.device_batch_size
+    return model, batch, kwargs
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    model, batch, kwargs = recipe_memory(config, args.accelerate_config, on_gpu=not args.cpu)
+    dtype, fsdp, world = kwargs["dtype"], kwargs["fsdp"], kwargs["world_size"]
     budget = parse_size(args.gpu_memory) if args.gpu_memory else None
-    layout = "FSDP full shard" if topo["fsdp"] else ("DDP" if topo["world_size"] > 1 else "1 process")
+    layout = "FSDP full shard" if fsdp else ("DDP" if world > 1 else "1 process")
     print(
-        f"depth {config.depth} (vocab {model.vocab_size}), {dtype}, {config.optimizer}, {layout} x {topo['world_size']}, "
-        f"activation checkpointing {'on' if topo['activation_checkpointing'] else 'off'}, seq {config.max_seq_len}"
+        f"depth {config.depth} (vocab {model.vocab_size}), {dtype}, {config.optimizer}, {layout} x {world}, "
+        f"activation checkpointing {'on' if kwargs['activation_checkpointing'] else 'off'}, seq {config.max_seq_len}"
     )
     if config.device_batch_size == "auto":
         print("device_batch_size: auto (the run picks it); estimate shown for batch 1")
-        batch = 1
-    else:
-        batch = config.device_batch_size
     est = estimate_memory(model, batch, config.max_seq_len, **kwargs)
     print(f"per device at device batch {batch}:")
     print(format_estimate(est, budget))

@@ -22,8 +22,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIRS = {"train": REPO_ROOT / "train_configs", "launch": REPO_ROOT / "accelerate_configs"}
 STATE_FILE = "speedrun_state.json"
@@ -155,32 +153,25 @@ def plan(recipe: Recipe, name: str, launch_config: Path) -> dict:
 
     from hf_nanochat.info import model_shape
     from hf_nanochat.memory import estimate_memory
-    from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
+    from hf_nanochat.memory_cli import recipe_memory
     from hf_nanochat.pretrain import PEAK_FLOPS, resolve_horizon
 
     cfg = load_train_config(recipe.base)
-    vocab = recipe.tokenizer_vocab_size
-    shape = model_shape(cfg.depth, vocab_size=vocab, seq_len=cfg.max_seq_len)
+    model, batch, memory_kwargs = recipe_memory(cfg, str(launch_config), on_gpu=recipe.gpu is not None)
+    shape = model_shape(cfg.depth, vocab_size=model.vocab_size, seq_len=cfg.max_seq_len)
     steps, horizon = resolve_horizon(cfg, shape["params"], shape["flops_per_token"])
     tokens = steps * cfg.total_batch_size
     flops = shape["flops_per_token"] * tokens
     rate = PEAK_FLOPS[recipe.gpu] * GPU_MFU_ASSUMED * recipe.num_devices if recipe.gpu else CPU_FLOPS_ASSUMED
-    launch = yaml.safe_load(launch_config.read_text()) or {}
-    fsdp = launch.get("distributed_type") == "FSDP"
-    dtype = "fp32" if not recipe.gpu else ("fp16" if recipe.gpu in ("P100", "V100", "T4") else "bf16")
-    batch = cfg.device_batch_size if isinstance(cfg.device_batch_size, int) else 1
-    memory = estimate_memory(
-        NanoChatGPTConfig.from_depth(cfg.depth, vocab_size=vocab, max_position_embeddings=cfg.max_seq_len),
-        batch, cfg.max_seq_len, dtype=dtype, world_size=recipe.num_devices, fsdp=fsdp,
-        activation_checkpointing=fsdp, optimizer=cfg.optimizer, on_gpu=recipe.gpu is not None,
-    )
+    memory = estimate_memory(model, batch, cfg.max_seq_len, **memory_kwargs)
+    dtype = memory_kwargs["dtype"]
     hours = flops / rate / 3600
     return {
         "recipe": name, "description": recipe.description, "launch_config": str(launch_config),
         "depth": cfg.depth, "params": shape["params"], "steps": steps, "horizon": horizon,
         "tokens": tokens, "tokens_per_param": tokens / shape["params"], "flops": flops,
         "estimated_hours_base": hours, "estimated_cost_base": hours * recipe.dollars_per_hour,
-        "memory_per_device_gib": memory.total / 2**30, "dtype": dtype,
+        "memory_per_device_gib": memory.total / 2**30, "dtype": dtype, "gpu": recipe.gpu,
         "torch": torch.__version__,
     }
 
@@ -190,7 +181,7 @@ def _duration(hours: float) -> str:
 
 
 def format_plan(p: dict, stages: list[Stage]) -> str:
-    speed = "an assumed 20 GFLOP/s CPU" if p["dtype"] == "fp32" else f"{GPU_MFU_ASSUMED:.0%} MFU"
+    speed = f"{GPU_MFU_ASSUMED:.0%} MFU of {p['gpu']}s" if p["gpu"] else "an assumed 20 GFLOP/s CPU"
     return "\n".join([
         f"speedrun {p['recipe']}: {p['description']}",
         f"  stages: {' -> '.join(s.name for s in stages)} -> report",
