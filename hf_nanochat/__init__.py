@@ -8,7 +8,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokeni
 
 from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
 from hf_nanochat.modeling.modeling_nanochat_gpt import NanoChatGPTForCausalLM, NanoChatGPTModel
-from hf_nanochat.tokenizer import NanoChatTokenizer
+from hf_nanochat.modeling.tokenization_nanochat_gpt import NanoChatTokenizer
 
 __version__ = "0.1.0"
 
@@ -18,11 +18,13 @@ AutoModelForCausalLM.register(NanoChatGPTConfig, NanoChatGPTForCausalLM, exist_o
 # A saved tokenizer folder names `NanoChatTokenizer`; registering it makes AutoTokenizer return
 # the subclass whose apply_chat_template(tokenize=True) is injection-safe.
 AutoTokenizer.register(NanoChatGPTConfig, tokenizer_class=NanoChatTokenizer, exist_ok=True)
-# save_pretrained then copies the two model files and writes `auto_map`, so the folder
-# loads with trust_remote_code where hf_nanochat is not installed.
+# save_pretrained then copies the model files (and the tokenizer's) and writes `auto_map`, so
+# the folder loads with trust_remote_code where hf_nanochat is not installed - the tokenizer
+# included, with its injection-safe apply_chat_template.
 NanoChatGPTConfig.register_for_auto_class()
 NanoChatGPTModel.register_for_auto_class("AutoModel")
 NanoChatGPTForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+NanoChatTokenizer.register_for_auto_class("AutoTokenizer")
 
 
 def __getattr__(name):

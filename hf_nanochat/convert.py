@@ -39,7 +39,9 @@ _WEIGHT_NAMES = [
     ("lm_head.weight", "lm_head.weight"),
 ]
 
-# Files a tokenizer folder may hold; copied as-is next to converted weights.
+# The code file a saved NanoChatTokenizer names in tokenizer_config.json's `auto_map`.
+TOKENIZER_CODE_FILE = "tokenization_nanochat_gpt.py"
+# Files a tokenizer folder may hold; copied next to converted weights.
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -47,6 +49,7 @@ TOKENIZER_FILES = (
     "added_tokens.json",
     "chat_template.jinja",
     "chat_template.json",
+    TOKENIZER_CODE_FILE,
 )
 
 # What our eps=None means for the fp32 reference numerics, and what the port is given for it.
@@ -166,13 +169,23 @@ def from_transformers(model: NanoChatForCausalLM) -> NanoChatGPTForCausalLM:
     return _build_with_weights(NanoChatGPTForCausalLM, config, state_dict, model.dtype, model.generation_config)
 
 
-def copy_tokenizer_files(src: str | Path, out: str | Path) -> list[str]:
-    """Copy the tokenizer files present in `src` into `out`; returns the names copied."""
+def copy_tokenizer_files(src: str | Path, out: str | Path, remote_code: bool = True) -> list[str]:
+    """Copy the tokenizer files present in `src` into `out`; returns the names copied.
+
+    `remote_code=False` leaves out the tokenizer's code file and its `auto_map`, so the folder
+    loads without trust_remote_code (as transformers' generic tokenizer class).
+    """
+    src, out = Path(src), Path(out)
     copied = []
     for name in TOKENIZER_FILES:
-        if (Path(src) / name).is_file():
-            shutil.copy2(Path(src) / name, Path(out) / name)
+        if (src / name).is_file() and (remote_code or name != TOKENIZER_CODE_FILE):
+            shutil.copy2(src / name, out / name)
             copied.append(name)
+    config_file = out / "tokenizer_config.json"
+    if not remote_code and config_file.is_file():
+        config = json.loads(config_file.read_text())
+        if config.pop("auto_map", None) is not None:
+            config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
     return copied
 
 
@@ -193,7 +206,8 @@ def convert_folder(src: str | Path, out: str | Path, direction: str) -> Path:
     converted = convert(model)
     out.mkdir(parents=True, exist_ok=True)
     converted.save_pretrained(out)
-    copy_tokenizer_files(src, out)
+    # transformers' built-in type is the no-remote-code format: its tokenizer must not need any.
+    copy_tokenizer_files(src, out, remote_code=direction != "to-transformers")
     return out
 
 

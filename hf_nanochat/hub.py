@@ -2,7 +2,8 @@
 
 The uploaded folder is self-contained: safetensors weights, `config.json` with `auto_map`, the
 two model code files (so `trust_remote_code=True` works where hf_nanochat is not installed),
-the tokenizer with its chat template, the generation config, and a model card whose Hub
+the tokenizer with its chat template and its code file (its injection-safe `apply_chat_template`
+travels too), the generation config, and a model card whose Hub
 metadata and usage snippets are filled in. `--dry-run DIR` writes exactly that folder and
 uploads nothing. The upload itself is huggingface_hub's `create_repo` + `upload_folder`.
 """
@@ -10,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import tempfile
 from pathlib import Path
 
 import huggingface_hub
 from huggingface_hub import HfApi, ModelCardData
 
-from hf_nanochat.convert import TOKENIZER_FILES
 from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
 
 DEFAULT_LICENSE = "mit"  # nanochat's license
@@ -63,6 +62,7 @@ def build_upload_folder(
 ) -> Path:
     """Write into `out` exactly what `push` uploads for the model folder `folder`."""
     from hf_nanochat.modeling.modeling_nanochat_gpt import NanoChatGPTForCausalLM
+    from hf_nanochat.modeling.tokenization_nanochat_gpt import NanoChatTokenizer
 
     folder, out = Path(folder), Path(out)
     config_file = folder / "config.json"
@@ -79,12 +79,11 @@ def build_upload_folder(
         raise FileExistsError(f"{out} is not empty; the upload folder must hold only what is uploaded")
     out.mkdir(parents=True, exist_ok=True)
 
-    # Re-saving (not copying) guarantees safetensors, auto_map and current copies of the code files.
+    # Re-saving (not copying) guarantees safetensors, auto_map and current copies of the code
+    # files, for the tokenizer too (also for folders saved before it carried its code).
     model = NanoChatGPTForCausalLM.from_pretrained(folder, dtype="auto")
     model.save_pretrained(out)
-    for name in TOKENIZER_FILES:
-        if (folder / name).is_file():
-            shutil.copy2(folder / name, out / name)
+    NanoChatTokenizer.from_pretrained(folder).save_pretrained(out)
     report = (folder / REPORT_FILE).read_text() if (folder / REPORT_FILE).is_file() else None
     if report is not None and (folder / REPORT_PLOT).is_file():
         shutil.copy2(folder / REPORT_PLOT, out / REPORT_PLOT)  # the report links to it

@@ -1,1 +1,1 @@
-"""Self-contained model files (torch + transformers only); installed as `hf_nanochat.modeling`."""
+"""Self-contained model and tokenizer files (torch / tokenizers + transformers only); installed as `hf_nanochat.modeling`."""

@@ -7,7 +7,8 @@ from transformers import AutoModelForCausalLM, NanoChatForCausalLM
 
 from hf_nanochat import NanoChatGPTConfig, NanoChatGPTForCausalLM
 from hf_nanochat.cli import main as cli_main
-from hf_nanochat.convert import from_transformers, rename_state_dict, to_transformers
+from hf_nanochat.convert import copy_tokenizer_files, from_transformers, rename_state_dict, to_transformers
+from hf_nanochat.tokenizer import train_tokenizer
 
 VOCAB = 512
 
@@ -116,3 +117,19 @@ def test_folder_command_checks_model_type(tmp_path):
     random_model().save_pretrained(tmp_path / "ours")
     with pytest.raises(ValueError, match="expects model_type 'nanochat'"):
         cli_main(["convert", "from-transformers", str(tmp_path / "ours"), str(tmp_path / "x")])
+
+
+def test_tokenizer_code_travels_except_to_the_builtin_type(tmp_path):
+    """Our folders keep the tokenizer's code file and auto_map; transformers' built-in type
+    (the no-remote-code format) gets neither, so its tokenizer loads without trust_remote_code."""
+    ours = random_model()
+    ours.save_pretrained(tmp_path / "ours")
+    train_tokenizer(["Why is the sky blue? Rayleigh scattering. " * 8] * 10, vocab_size=300).save_pretrained(tmp_path / "ours")
+    assert cli_main(["convert", "to-transformers", str(tmp_path / "ours"), str(tmp_path / "hf")]) == 0
+    assert not list((tmp_path / "hf").glob("*.py"))
+    hf_config = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
+    ours_config = json.loads((tmp_path / "ours" / "tokenizer_config.json").read_text())
+    assert "auto_map" in ours_config and hf_config == {k: v for k, v in ours_config.items() if k != "auto_map"}
+    (tmp_path / "copy").mkdir()
+    assert "tokenization_nanochat_gpt.py" in copy_tokenizer_files(tmp_path / "ours", tmp_path / "copy")
+    assert json.loads((tmp_path / "copy" / "tokenizer_config.json").read_text()) == ours_config

@@ -30,7 +30,7 @@ def test_dry_run_writes_the_upload_folder(model_folder, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted([
         "README.md", "config.json", "generation_config.json", "model.safetensors",
         "configuration_nanochat_gpt.py", "modeling_nanochat_gpt.py",
-        "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
+        "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "tokenization_nanochat_gpt.py",
     ])
     config = json.loads((out / "config.json").read_text())
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_nanochat_gpt.NanoChatGPTForCausalLM"
@@ -126,6 +126,8 @@ with torch.no_grad():
     got = model(probe["x"]).logits
 torch.testing.assert_close(got, probe["expected"], atol=1e-5, rtol=0)
 assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+assert type(tokenizer).__name__ == "NanoChatTokenizer", type(tokenizer)  # the injection-safe one
+assert type(tokenizer).__module__.startswith("transformers_modules"), type(tokenizer).__module__
 print("LOGITS-OK")
 """
     result = run_without_hf_nanochat(code, cwd=str(tmp_path))

@@ -222,6 +222,9 @@ def test_convert_from_nanochat_command_round_trip(tmp_path):
     assert loaded.generation_config.eos_token_id == special["<|assistant_end|>"]
     assert loaded.config.bos_token_id == special["<|bos|>"]
     assert json.loads((tmp_path / "out" / "nanochat_meta.json").read_text())["converted_from_step"] == 20
+    # the converted tokenizer carries its injection-safe class for projects without hf_nanochat
+    assert (tmp_path / "out" / "tokenization_nanochat_gpt.py").is_file()
+    assert "AutoTokenizer" in json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())["auto_map"]
 
 
 def test_convert_from_nanochat_checks_tokenizer(tmp_path):
