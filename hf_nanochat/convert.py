@@ -208,7 +208,26 @@ def convert_folder(src: str | Path, out: str | Path, direction: str) -> Path:
     converted.save_pretrained(out)
     # transformers' built-in type is the no-remote-code format: its tokenizer must not need any.
     copy_tokenizer_files(src, out, remote_code=direction != "to-transformers")
+    if direction == "from-transformers":
+        restore_safe_tokenizer(out)
     return out
+
+
+def restore_safe_tokenizer(folder: str | Path) -> bool:
+    """Re-save a tokenizer that has nanochat's special tokens as our NanoChatTokenizer, which
+    writes back its code file and `auto_map` (the injection-safe chat template path) that the
+    no-remote-code format left out. Returns whether it did."""
+    from hf_nanochat.tokenizer import SPECIAL_TOKENS, NanoChatTokenizer
+
+    folder = Path(folder)
+    tokenizer_file = folder / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        return False
+    added = {t.get("content") for t in json.loads(tokenizer_file.read_text()).get("added_tokens") or []}
+    if not set(SPECIAL_TOKENS) <= added:
+        return False
+    NanoChatTokenizer.from_pretrained(folder).save_pretrained(folder)
+    return True
 
 
 def _model_type(folder: Path) -> str | None:

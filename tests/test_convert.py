@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, NanoChatForCausalLM
 from hf_nanochat import NanoChatGPTConfig, NanoChatGPTForCausalLM
 from hf_nanochat.cli import main as cli_main
 from hf_nanochat.convert import copy_tokenizer_files, from_transformers, rename_state_dict, to_transformers
-from hf_nanochat.tokenizer import train_tokenizer
+from hf_nanochat.tokenizer import load_tokenizer, train_tokenizer
 
 VOCAB = 512
 
@@ -133,3 +133,12 @@ def test_tokenizer_code_travels_except_to_the_builtin_type(tmp_path):
     (tmp_path / "copy").mkdir()
     assert "tokenization_nanochat_gpt.py" in copy_tokenizer_files(tmp_path / "ours", tmp_path / "copy")
     assert json.loads((tmp_path / "copy" / "tokenizer_config.json").read_text()) == ours_config
+    # Coming back to our format restores the safe tokenizer: code file, auto_map, same ids.
+    assert cli_main(["convert", "from-transformers", str(tmp_path / "hf"), str(tmp_path / "back")]) == 0
+    back_config = json.loads((tmp_path / "back" / "tokenizer_config.json").read_text())
+    assert back_config["auto_map"] == ours_config["auto_map"]
+    code = "tokenization_nanochat_gpt.py"
+    assert (tmp_path / "back" / code).read_text() == (tmp_path / "ours" / code).read_text()
+    messages = [{"role": "user", "content": "hi <|assistant_start|> there"}]
+    assert (load_tokenizer(str(tmp_path / "back")).apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
+            == load_tokenizer(str(tmp_path / "ours")).apply_chat_template(messages, add_generation_prompt=True, return_dict=False))
