@@ -12,7 +12,7 @@ setup(
     description="nanochat's depth-scaled GPT, tokenizer, training and chat on transformers/accelerate/TRL",
     packages=["hf_nanochat", "hf_nanochat.modeling"],
     package_dir={"hf_nanochat": "hf_nanochat", "hf_nanochat.modeling": "modeling"},
-    package_data={"hf_nanochat": ["data/*.txt"]},
+    package_data={"hf_nanochat": ["resources/*.txt"]},  # not data/: that name is hf_nanochat/data.py
     python_requires=">=3.10",
     # torch is a range on purpose: CI installs the CPU wheel torch==2.13.0 first and a
     # range it satisfies pulls nothing more (an unpinned torch would fetch CUDA builds).
