@@ -8,7 +8,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokeni
 
 from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
 from hf_nanochat.modeling.modeling_nanochat_gpt import NanoChatGPTForCausalLM, NanoChatGPTModel
-from hf_nanochat.modeling.tokenization_nanochat_gpt import NanoChatTokenizer
+from hf_nanochat.modeling.tokenization_nanochat_gpt import NanoChatTokenizer, render_conversation
 
 __version__ = "0.1.0"
 
@@ -25,15 +25,6 @@ NanoChatGPTConfig.register_for_auto_class()
 NanoChatGPTModel.register_for_auto_class("AutoModel")
 NanoChatGPTForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 NanoChatTokenizer.register_for_auto_class("AutoTokenizer")
-
-
-def __getattr__(name):
-    # Heavier pipeline pieces load on first use, keeping `import hf_nanochat` light.
-    if name == "render_conversation":
-        from hf_nanochat.tokenizer import render_conversation
-
-        return render_conversation
-    raise AttributeError(f"module 'hf_nanochat' has no attribute {name!r}")
 
 
 __all__ = ["NanoChatGPTConfig", "NanoChatGPTModel", "NanoChatGPTForCausalLM", "NanoChatTokenizer", "render_conversation"]
