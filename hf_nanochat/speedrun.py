@@ -250,9 +250,9 @@ def speedrun(name: str, out: Path, launch_config: str | None = None, dry_run: bo
 
     md, _ = write_report(out)
     # The final model carries its report card, so `hf-nanochat push OUT/sft` puts it on the Hub.
-    for name in (md.name, "report_loss.png"):
-        if (out / name).exists():
-            shutil.copy2(out / name, out / "sft" / name)
+    for report_file in (md.name, "report_loss.png"):
+        if (out / report_file).exists():
+            shutil.copy2(out / report_file, out / "sft" / report_file)
     print(f"\nreport: {md}\nchat with it:  python -m hf_nanochat.app --model {out / 'sft'}"
           f"\nshare it:      hf-nanochat push {out / 'sft'} YOUR_NAME/nanochat-{name}", flush=True)
     return 0

@@ -72,6 +72,9 @@ def test_rerun_skips_finished_stages_and_resumes_pretraining(run):
     assert steps == list(range(1, len(steps) + 1))
     resumed_from = [line for line in log.splitlines() if "resum" in line.lower() and "step" in line.lower()]
     assert resumed_from, "the base stage should say which step it resumed from"
+    # The last lines tell the user how to chat with the result and share it.
+    assert f"python -m hf_nanochat.app --model {out / 'sft'}" in log
+    assert f"hf-nanochat push {out / 'sft'} YOUR_NAME/nanochat-tiny_cpu" in log
 
 
 def test_report_numbers_come_from_the_run(run):
