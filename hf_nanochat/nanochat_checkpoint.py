@@ -211,23 +211,6 @@ def tiktoken_to_tokenizers(encoding):
     return tokenizer
 
 
-def chat_tokenizer(backend):
-    """Our transformers tokenizer (specials, chat template) around a converted nanochat BPE."""
-    from hf_nanochat.tokenizer import ASSISTANT_END, BOS, CHAT_TEMPLATE, SPECIAL_TOKENS, NanoChatTokenizer
-
-    missing = [t for t in SPECIAL_TOKENS if backend.token_to_id(t) is None]
-    if missing:
-        raise ValueError(f"tokenizer lacks nanochat's special tokens {missing}: the chat template needs them")
-    return NanoChatTokenizer(
-        tokenizer_object=backend,
-        bos_token=BOS,
-        eos_token=ASSISTANT_END,
-        pad_token=BOS,
-        chat_template=CHAT_TEMPLATE,
-        clean_up_tokenization_spaces=False,
-    )
-
-
 def find_tokenizer_pickle(checkpoint_dir: Path, tokenizer_dir: str | Path | None) -> Path:
     if tokenizer_dir is not None:
         candidates = [Path(tokenizer_dir) / "tokenizer.pkl"]
@@ -264,6 +247,8 @@ def convert_nanochat_checkpoint(
     encoding = load_tiktoken_pickle(pkl)
     if encoding.n_vocab != model.config.vocab_size:
         raise ValueError(f"tokenizer has {encoding.n_vocab} tokens but the model's vocab_size is {model.config.vocab_size}")
+    from hf_nanochat.tokenizer import chat_tokenizer
+
     tokenizer = chat_tokenizer(tiktoken_to_tokenizers(encoding))
     model.config.bos_token_id = tokenizer.bos_token_id
     model.config.eos_token_id = tokenizer.eos_token_id

@@ -220,7 +220,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write, fsync, rename: a kill at any moment leaves the old or the new file, never half."""
     tmp = path.with_name(TMP_PREFIX + path.name)
     with open(tmp, "w") as f:
         f.write(text)
@@ -318,7 +319,7 @@ def _truncate_log(path: Path, last_step: int) -> None:
     if not path.exists():
         return
     kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
-    _atomic_write_text(path, "".join(line + "\n" for line in kept))
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: bool = False) -> dict:

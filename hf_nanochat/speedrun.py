@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import shutil
 import subprocess
@@ -135,9 +134,9 @@ def read_state(out: Path) -> dict:
 
 
 def write_state(out: Path, state: dict) -> None:
-    tmp = out / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=1))
-    os.replace(tmp, out / STATE_FILE)  # atomic: a kill leaves the old or the new state, never half
+    from hf_nanochat.pretrain import atomic_write_text
+
+    atomic_write_text(out / STATE_FILE, json.dumps(state, indent=1))
 
 
 def is_complete(stage: Stage, state: dict) -> bool:

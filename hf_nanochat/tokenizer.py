@@ -91,6 +91,15 @@ def train_tokenizer(
     backend.add_special_tokens(SPECIAL_TOKENS)  # appended after the BPE tokens: the last ids
     if backend.get_vocab_size() < vocab_size:
         print(f"note: corpus too small for {vocab_size} tokens; trained vocabulary has {backend.get_vocab_size()}")
+    return chat_tokenizer(backend)
+
+
+def chat_tokenizer(backend: Tokenizer) -> NanoChatTokenizer:
+    """Our transformers tokenizer (bos/eos/pad, chat template) around a BPE that has nanochat's
+    special tokens - one we trained, or one converted from nanochat's tiktoken encoding."""
+    missing = [t for t in SPECIAL_TOKENS if backend.token_to_id(t) is None]
+    if missing:
+        raise ValueError(f"tokenizer lacks nanochat's special tokens {missing}: the chat template needs them")
     return NanoChatTokenizer(
         tokenizer_object=backend,
         bos_token=BOS,
