@@ -1,5 +1,6 @@
 """Tokenizer: training, save/load, round trip, nanochat's chat rendering and its safety."""
 import json
+import os
 import pydoc_data.topics
 
 import pytest
@@ -82,6 +83,19 @@ def test_split_pattern_groups_digits_by_two(tok):
 def test_vocab_size_validation():
     with pytest.raises(ValueError, match="vocab_size must be >= 265"):
         train_tokenizer(["abc"], vocab_size=264)
+
+
+@pytest.mark.parametrize("before", [None, "true", "false"])
+def test_training_restores_parallelism_setting_and_merges_do_not_depend_on_it(tok, monkeypatch, before):
+    # train_tokenizer turns tokenizers' parallelism off for its merge phase only
+    if before is None:
+        monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    else:
+        monkeypatch.setenv("TOKENIZERS_PARALLELISM", before)
+    texts = list(pydoc_data.topics.topics.values()) + [UNICODE_SAMPLE] * 20
+    again = train_tokenizer(texts, vocab_size=VOCAB)
+    assert os.environ.get("TOKENIZERS_PARALLELISM") == before
+    assert json.loads(again.backend_tokenizer.to_str())["model"] == json.loads(tok.backend_tokenizer.to_str())["model"]
 
 
 def test_max_chars_limits_training_text():
