@@ -15,7 +15,7 @@ step (end of forward / start of backward):
   plus about two layers' worth of gradients in flight during backward; with activation
   checkpointing only each block's input is kept, plus one block being recomputed;
 - logits: fp32, about 3.5 vocabulary-sized buffers per token (soft-cap tanh, the capped logits,
-  log-softmax, and the gradient being formed).
+  log-softmax, and the gradient being formed); with `loss_chunk_tokens` only one chunk's worth.
 
 Linear outputs are stored in the compute dtype (2 bytes under bf16/fp16 autocast, 4 in fp32).
 Checked against measured peaks on CPU (tests/test_memory.py, within 25%) and, when a GPU is
@@ -73,6 +73,7 @@ def estimate_memory(
     activation_checkpointing: bool = False,
     optimizer: str = "muon",
     on_gpu: bool = True,
+    loss_chunk_tokens: int = 0,
 ) -> MemoryEstimate:
     """Peak bytes per device of one training step. `dtype` is the compute dtype (fp32|bf16|fp16)."""
     if dtype not in ("fp32", "bf16", "fp16"):
@@ -108,7 +109,8 @@ def estimate_memory(
     activations = (kept_layers + BACKWARD_TRANSIENT_LAYERS) * per_layer
     if activation_checkpointing:
         activations += config.num_hidden_layers * config.hidden_size * act_bytes * tokens  # block inputs
-    logits = int(LOGIT_BUFFERS * 4 * config.vocab_size * tokens)
+    logit_tokens = min(tokens, loss_chunk_tokens) if loss_chunk_tokens > 0 else tokens
+    logits = int(LOGIT_BUFFERS * 4 * config.vocab_size * logit_tokens)
     return MemoryEstimate(
         weights=int(weights),
         gradients=int(gradients),

@@ -58,7 +58,7 @@ def recipe_memory(config, accelerate_config: str | None, on_gpu: bool = True) ->
     # precision: an explicit train-config choice wins; `auto` follows the launcher, else fp32.
     dtype = config.precision if config.precision != "auto" else (topo["mixed_precision"] or "fp32")
     model = NanoChatGPTConfig.from_depth(config.depth, vocab_size=vocab_size(config), max_position_embeddings=config.max_seq_len, num_key_value_heads=config.num_kv_heads)
-    kwargs = dict(dtype=dtype, world_size=topo["world_size"], fsdp=topo["fsdp"], activation_checkpointing=topo["activation_checkpointing"], optimizer=config.optimizer, on_gpu=on_gpu)
+    kwargs = dict(dtype=dtype, world_size=topo["world_size"], fsdp=topo["fsdp"], activation_checkpointing=topo["activation_checkpointing"], optimizer=config.optimizer, on_gpu=on_gpu, loss_chunk_tokens=config.loss_chunk_tokens)
     batch = 1 if config.device_batch_size == "auto" else config.device_batch_size
     return model, batch, kwargs
 
@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"depth {config.depth} (vocab {model.vocab_size}), {dtype}, {config.optimizer}, {layout} x {world}, "
         f"activation checkpointing {'on' if kwargs['activation_checkpointing'] else 'off'}, seq {config.max_seq_len}"
+        + (f", loss in chunks of {config.loss_chunk_tokens:,} tokens" if config.loss_chunk_tokens else "")
     )
     if config.device_batch_size == "auto":
         print("device_batch_size: auto (the run picks it); estimate shown for batch 1")

@@ -376,6 +376,7 @@ def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: boo
     fsdp = accelerator.distributed_type.value == "FSDP"
     memory_layout = dict(
         dtype=plan.mode, world_size=world, fsdp=fsdp, optimizer=config.optimizer, on_gpu=device.type == "cuda",
+        loss_chunk_tokens=config.loss_chunk_tokens,
         activation_checkpointing=bool(fsdp and accelerator.state.fsdp_plugin.activation_checkpointing),
     )
     auto_batch = config.device_batch_size == "auto"
@@ -409,7 +410,8 @@ def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: boo
         + (f" (Muon on block matrices, Newton-Schulz in {str(ns_dtype).removeprefix('torch.')}; AdamW on wte/lm_head)" if config.optimizer == "muon" else ""),
         f"memory     ~{_human(memory['total'], 'B')} per device (hf_nanochat.memory estimate: "
         + ", ".join(f"{k} {_human(v, 'B')}" for k, v in memory.items() if k != "total")
-        + ")",
+        + ")"
+        + (f"; loss in chunks of {config.loss_chunk_tokens:,} tokens" if config.loss_chunk_tokens else ""),
     ]
     accelerator.print("\n".join(plan_lines), flush=True)
 
@@ -486,7 +488,7 @@ def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: boo
                 sync = contextlib.nullcontext() if micro == grad_accum - 1 else accelerator.no_sync(model)
                 with sync:
                     with stepper.autocast():
-                        loss = model(input_ids=x, shift_labels=y).loss
+                        loss = model(input_ids=x, shift_labels=y, loss_chunk_tokens=config.loss_chunk_tokens or None).loss
                     loss_sum += loss.detach()
                     stepper.backward(loss / grad_accum)
         except torch.OutOfMemoryError:

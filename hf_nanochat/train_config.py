@@ -64,6 +64,9 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     fp16_init_scale: float = 65536.0  # dynamic loss scaling starts here (halves on overflow)
     compile: bool = False  # torch.compile the model
+    # > 0: the loss runs over this many tokens at a time and never holds the whole batch's fp32
+    # logits (for small models the largest item in memory), for one extra lm_head matmul
+    loss_chunk_tokens: int = 0
     peak_flops: float | None = None  # per-device peak for MFU; None: looked up for known GPUs
 
     # --- evaluation, logging, checkpoints ----------------------------------------------------
@@ -84,6 +87,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.loss_chunk_tokens < 0:
+            raise ValueError(f"loss_chunk_tokens must be >= 0 (0: off), got {self.loss_chunk_tokens}")
         if isinstance(self.device_batch_size, int) and self.device_batch_size < 1:
             raise ValueError(f"device_batch_size must be >= 1 or 'auto', got {self.device_batch_size}")
         if self.num_iterations <= 0 and self.target_flops <= 0 and self.target_param_data_ratio <= 0:

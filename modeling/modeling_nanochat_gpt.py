@@ -19,6 +19,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
@@ -267,6 +268,42 @@ class NanoChatGPTModel(NanoChatGPTPreTrainedModel):
         )
 
 
+def capped_logits(lm_head: nn.Module, hidden: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """nanochat's head: fp32 logits, soft-capped to (-cap, cap) by cap * tanh(logits / cap)."""
+    logits = lm_head(hidden).float()
+    return cap * torch.tanh(logits / cap) if cap is not None else logits
+
+
+def _loss_sum(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, cap: float | None) -> torch.Tensor:
+    return F.cross_entropy(capped_logits(lm_head, hidden, cap), targets, ignore_index=-100, reduction="sum")
+
+
+def chunked_loss(
+    lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, cap: float | None, chunk_tokens: int, num_items_in_batch=None
+) -> torch.Tensor:
+    """The causal-LM loss without ever holding (tokens x vocab) fp32 logits.
+
+    Tokens go through the head `chunk_tokens` at a time; each chunk's logits are dropped after
+    its loss and recomputed in backward (activation checkpointing), so the logits' memory is
+    that of one chunk instead of the whole batch - for small models the largest item of a
+    training step - at the cost of one extra head matmul. Same value as the unchunked loss:
+    the mean over targets != -100, or their sum / `num_items_in_batch`.
+    """
+    hidden = hidden.reshape(-1, hidden.size(-1))
+    targets = targets.reshape(-1).to(hidden.device)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.size(0), chunk_tokens):
+        rows = slice(start, start + chunk_tokens)
+        if torch.is_grad_enabled():
+            total = total + checkpoint(_loss_sum, lm_head, hidden[rows], targets[rows], cap, use_reentrant=False)
+        else:
+            total = total + _loss_sum(lm_head, hidden[rows], targets[rows], cap)
+    count = num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum()
+    if isinstance(count, torch.Tensor):
+        count = count.to(total.device)
+    return total / count
+
+
 class NanoChatGPTForCausalLM(NanoChatGPTPreTrainedModel, GenerationMixin):
     """Backbone + untied lm_head with fp32 soft-capped logits and an fp32 loss."""
 
@@ -304,11 +341,14 @@ class NanoChatGPTForCausalLM(NanoChatGPTPreTrainedModel, GenerationMixin):
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        loss_chunk_tokens: int | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """`labels` are shifted inside (HF convention) unless `shift_labels` (already aligned
         targets, as a pretraining stream produces) is passed; -100 is ignored. With
-        `num_items_in_batch` the loss is a sum divided by it (exact gradient accumulation)."""
+        `num_items_in_batch` the loss is a sum divided by it (exact gradient accumulation).
+        With `loss_chunk_tokens` and targets, the loss is computed in chunks that never hold the
+        whole batch's logits (see `chunked_loss`) and `logits` is None."""
         out = self.transformer(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -325,16 +365,22 @@ class NanoChatGPTForCausalLM(NanoChatGPTPreTrainedModel, GenerationMixin):
             hidden = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
         else:
             hidden = hidden[:, logits_to_keep]
-        logits = self.lm_head(hidden).float()
         cap = self.config.final_logit_softcapping
-        if cap is not None:
-            logits = cap * torch.tanh(logits / cap)
+        shift_labels = kwargs.get("shift_labels")
+        if shift_labels is not None:
+            kwargs["shift_labels"] = shift_labels = shift_labels.contiguous()  # rows sliced as row[:, 1:]
+        has_targets = labels is not None or shift_labels is not None
 
-        loss = None
-        if kwargs.get("shift_labels") is not None:
-            kwargs["shift_labels"] = kwargs["shift_labels"].contiguous()  # rows sliced as row[:, 1:]
-        if labels is not None or kwargs.get("shift_labels") is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        logits = loss = None
+        if has_targets and loss_chunk_tokens:
+            if loss_chunk_tokens < 1:
+                raise ValueError(f"loss_chunk_tokens must be >= 1, got {loss_chunk_tokens}")
+            targets = shift_labels if shift_labels is not None else F.pad(labels[:, 1:], (0, 1), value=-100)
+            loss = chunked_loss(self.lm_head, hidden, targets, cap, loss_chunk_tokens, kwargs.get("num_items_in_batch"))
+        else:
+            logits = capped_logits(self.lm_head, hidden, cap)
+            if has_targets:
+                loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,

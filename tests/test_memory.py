@@ -12,7 +12,7 @@ MEASURE = textwrap.dedent(
     """
     import sys, threading, time, torch
     from hf_nanochat import NanoChatGPTConfig, NanoChatGPTForCausalLM
-    depth, vocab, B, T, ckpt = map(int, sys.argv[1:6])
+    depth, vocab, B, T, ckpt, chunk = map(int, sys.argv[1:7])
     torch.set_num_threads(1)
     page = 4096
 
@@ -37,7 +37,7 @@ MEASURE = textwrap.dedent(
     watcher = threading.Thread(target=watch)
     watcher.start()
     for _ in range(2):
-        model(x[:, :-1], shift_labels=x[:, 1:]).loss.backward()
+        model(x[:, :-1], shift_labels=x[:, 1:], loss_chunk_tokens=chunk or None).loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
     done.set()
@@ -47,22 +47,40 @@ MEASURE = textwrap.dedent(
 )
 
 
+def measured_peak(depth, vocab, batch, seq, ckpt, chunk=0, env=None) -> int:
+    """Growth of resident memory over two training steps (weights exist before, so they are excluded)."""
+    out = subprocess.run(
+        [sys.executable, "-c", MEASURE, *map(str, (depth, vocab, batch, seq, ckpt, chunk))],
+        capture_output=True, text=True, check=True, env={"OMP_NUM_THREADS": "1", "PATH": "", **(env or {})},
+    )
+    return int(out.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "depth,vocab,batch,seq,ckpt",
     [(4, 8192, 4, 256, 0), (8, 8192, 4, 256, 0), (4, 32768, 4, 256, 0), (4, 8192, 8, 512, 0), (4, 8192, 8, 512, 1)],
 )
 def test_estimate_within_25_percent_of_measured_cpu_peak(depth, vocab, batch, seq, ckpt):
-    """Measured: growth of resident memory over two training steps (weights exist before, so they are excluded)."""
-    out = subprocess.run(
-        [sys.executable, "-c", MEASURE, *map(str, (depth, vocab, batch, seq, ckpt))],
-        capture_output=True, text=True, check=True, env={"OMP_NUM_THREADS": "1", "PATH": ""},
-    )
-    measured = int(out.stdout.strip().splitlines()[-1])
+    measured = measured_peak(depth, vocab, batch, seq, ckpt)
     config = NanoChatGPTConfig.from_depth(depth, vocab_size=vocab)
     est = estimate_memory(config, batch, seq, optimizer="adamw", activation_checkpointing=bool(ckpt), on_gpu=False)
     predicted = est.total - est.weights
     assert abs(predicted - measured) / measured < 0.25, (predicted / 2**20, measured / 2**20)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("depth,vocab,batch,seq,ckpt,chunk", [(4, 32768, 4, 256, 0, 128), (4, 8192, 8, 512, 1, 512)])
+def test_chunked_loss_saves_the_memory_the_planner_predicts(depth, vocab, batch, seq, ckpt, chunk):
+    # A fixed mmap threshold makes freed buffers leave RSS at once; with glibc's default (which
+    # grows to 32 MiB) freed chunk-sized logits stay in its heap and hide what is live.
+    env = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+    saved = measured_peak(depth, vocab, batch, seq, ckpt, 0, env) - measured_peak(depth, vocab, batch, seq, ckpt, chunk, env)
+    config = NanoChatGPTConfig.from_depth(depth, vocab_size=vocab)
+    kwargs = dict(optimizer="adamw", activation_checkpointing=bool(ckpt), on_gpu=False)
+    predicted = estimate_memory(config, batch, seq, **kwargs).total - estimate_memory(config, batch, seq, loss_chunk_tokens=chunk, **kwargs).total
+    assert predicted > 0.7 * estimate_memory(config, batch, seq, **kwargs).logits
+    assert abs(predicted - saved) / saved < 0.25, (predicted / 2**20, saved / 2**20)
 
 
 def test_pinned_estimates_for_d20_3b_7b():
@@ -75,6 +93,13 @@ def test_pinned_estimates_for_d20_3b_7b():
     assert round(d20.total / GiB, 1) == pytest.approx(145.9)
     assert round(b3.total / GiB, 1) == pytest.approx(137.7)
     assert round(b7.total / GiB, 1) == pytest.approx(91.6)
+    # the recipes' chunked loss: one 2048-token chunk of logits instead of the whole batch
+    b3c = estimate_memory(NanoChatGPTConfig.from_depth(38), 48, 2048, dtype="bf16", world_size=8, fsdp=True,
+                          activation_checkpointing=True, loss_chunk_tokens=2048)
+    b7c = estimate_memory(NanoChatGPTConfig.from_depth(52), 24, 2048, dtype="bf16", world_size=8, fsdp=True,
+                          activation_checkpointing=True, loss_chunk_tokens=2048)
+    assert round(b3c.total / GiB, 1) == pytest.approx(55.5) and round(b7c.total / GiB, 1) == pytest.approx(51.3)
+    assert b3c.logits == b7c.logits == int(3.5 * 4 * 65536 * 2048)
     # FSDP shards weights, gradients and optimizer state 8 ways.
     assert b3.gradients == 4 * 3_015_835_648 // 8
 

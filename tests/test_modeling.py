@@ -147,6 +147,81 @@ def test_loss_shifts_labels_ignores_minus_100_and_accepts_aligned_targets():
     assert summed.item() == pytest.approx(expected.item() / 2, rel=1e-5)
 
 
+@pytest.mark.parametrize("chunk", [1, 5, 7, 1000])
+@pytest.mark.parametrize("targets", ["labels", "shift_labels", "num_items"])
+def test_chunked_loss_equals_full_loss_and_gradients(chunk, targets):
+    model = tiny().train()
+    idx = torch.randint(0, VOCAB, (2, 12))
+    labels = idx.clone()
+    labels[0, :5] = -100
+    kwargs = {
+        "labels": {"labels": labels},
+        "shift_labels": {"shift_labels": labels[:, 1:]},
+        "num_items": {"labels": labels, "num_items_in_batch": torch.tensor(31)},
+    }[targets]
+    inputs = idx[:, :-1] if targets == "shift_labels" else idx
+    full = model(inputs, **kwargs)
+    full.loss.backward()
+    full_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    chunked = model(inputs, loss_chunk_tokens=chunk, **kwargs)
+    chunked.loss.backward()
+    assert chunked.logits is None
+    torch.testing.assert_close(chunked.loss, full.loss, atol=1e-6, rtol=1e-6)
+    for g, p in zip(full_grads, model.parameters()):
+        torch.testing.assert_close(p.grad, g, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_chunked_loss_under_autocast_matches_full_loss(dtype):
+    # the checkpointed head recomputes under the same autocast as the forward
+    model = tiny().train()
+    idx = torch.randint(0, VOCAB, (2, 12))
+    results = []
+    for chunk in (None, 5):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=dtype):
+            loss = model(idx, labels=idx, loss_chunk_tokens=chunk).loss
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (full, full_grads), (chunked, chunked_grads) = results
+    assert full.dtype == chunked.dtype == torch.float32
+    torch.testing.assert_close(chunked, full, atol=1e-5, rtol=1e-5)
+    for a, b in zip(chunked_grads, full_grads):
+        torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-2)
+
+
+def saved_for_backward_bytes(fn) -> tuple[int, int]:
+    """(total bytes autograd saves for backward during fn, bytes of the largest saved tensor)."""
+    sizes = []
+
+    def pack(t):
+        sizes.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(sizes), max(sizes)
+
+
+def test_chunked_loss_never_keeps_whole_batch_logits_for_backward():
+    vocab, tokens, chunk = 4096, 2 * 64, 16
+    model = tiny(vocab=vocab).train()
+    idx = torch.randint(0, vocab, (2, 64))
+    full_total, full_largest = saved_for_backward_bytes(lambda: model(idx, labels=idx).loss)
+    chunk_total, chunk_largest = saved_for_backward_bytes(lambda: model(idx, labels=idx, loss_chunk_tokens=chunk).loss)
+    logits_bytes = 4 * tokens * vocab
+    assert full_largest >= logits_bytes  # the unchunked path keeps (tokens x vocab) fp32 tensors
+    assert chunk_largest < logits_bytes / 4  # chunked: nothing vocabulary-wide beyond one chunk
+    assert full_total - chunk_total > 2 * logits_bytes
+
+
+def test_chunked_loss_rejects_bad_chunk():
+    idx = torch.randint(0, VOCAB, (1, 8))
+    with pytest.raises(ValueError, match="loss_chunk_tokens must be >= 1"):
+        tiny()(idx, labels=idx, loss_chunk_tokens=-4)
+
+
 def test_eager_and_sdpa_agree():
     torch.manual_seed(1)
     sdpa = tiny(attn="sdpa")

@@ -116,6 +116,17 @@ def test_resume_matches_uninterrupted_run(reference_run, data, tmp_path):
     assert all(torch.allclose(final[k], expected[k], atol=1e-5) for k in expected)
 
 
+def test_chunked_loss_trains_exactly_like_the_full_loss(reference_run, data, tmp_path):
+    ref, _ = reference_run
+    # 4 rows x 32 tokens per micro-batch, chunks of 24: uneven, and smaller than a row
+    train(config_from_dict(reference_overrides(data, tmp_path, loss_chunk_tokens=24)))
+    ours, theirs = read_metrics(tmp_path), read_metrics(ref)
+    assert len(ours) == len(theirs) == 16
+    for a, b in zip(ours, theirs):
+        assert abs(a["loss"] - b["loss"]) <= 1e-5, (a["step"], a["loss"], b["loss"])
+    assert abs(ours[-1]["val_bpb"] - theirs[-1]["val_bpb"]) <= 1e-5
+
+
 def test_fp16_overflow_steps_are_skipped_counted_and_training_continues(data, tmp_path):
     # 2**24 times the first gradients overflows fp16 (max 65504): the first steps must be
     # skipped, each halving the scale, until it fits; then training proceeds normally.

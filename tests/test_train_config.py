@@ -52,6 +52,7 @@ def test_overrides_take_both_forms_and_yaml_scalars(tmp_path):
         ({"warmdown_ratio": 1.5}, r"warmdown_ratio must be in \[0, 1\]"),
         ({"num_iterations": -1, "target_flops": -1, "target_param_data_ratio": 0}, "set a horizon"),
         ({"log_with": ["mlflowx"]}, "unknown trackers"),
+        ({"loss_chunk_tokens": -1}, r"loss_chunk_tokens must be >= 0 \(0: off\)"),
         ({"sample_prompts": "hi"}, None),  # a single string on the command line becomes a list
     ],
 )
