@@ -488,7 +488,7 @@ def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: boo
                 sync = contextlib.nullcontext() if micro == grad_accum - 1 else accelerator.no_sync(model)
                 with sync:
                     with stepper.autocast():
-                        loss = model(input_ids=x, shift_labels=y, loss_chunk_tokens=config.loss_chunk_tokens or None).loss
+                        loss = model(input_ids=x, shift_labels=y, loss_chunk_tokens=config.loss_chunk_tokens).loss
                     loss_sum += loss.detach()
                     stepper.backward(loss / grad_accum)
         except torch.OutOfMemoryError:

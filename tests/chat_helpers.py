@@ -22,17 +22,21 @@ def tiny_tokenizer(vocab_size: int = 320):
     return train_tokenizer(CORPUS, vocab_size=vocab_size)
 
 
-def tiny_model(vocab_size: int, depth: int = 2, seed: int = 0) -> NanoChatGPTForCausalLM:
-    """A random depth-`depth` model whose zero-initialised projections are randomised, so
-    different prompts give different logits."""
-    torch.manual_seed(seed)
-    config = NanoChatGPTConfig.from_depth(depth, vocab_size=vocab_size, max_position_embeddings=256)
-    model = NanoChatGPTForCausalLM(config).eval()
+def randomise_zero_initialised(model: nn.Module) -> nn.Module:
+    """nanochat zero-initialises the output projections and lm_head, so every input gives the
+    same logits; randomise them so tests compare something."""
     with torch.no_grad():
         for p in model.parameters():
             if p.abs().sum() == 0:
                 p.normal_(0, 0.05)
     return model
+
+
+def tiny_model(vocab_size: int, depth: int = 2, seed: int = 0) -> NanoChatGPTForCausalLM:
+    """A random depth-`depth` model; different prompts give different logits."""
+    torch.manual_seed(seed)
+    config = NanoChatGPTConfig.from_depth(depth, vocab_size=vocab_size, max_position_embeddings=256)
+    return randomise_zero_initialised(NanoChatGPTForCausalLM(config).eval())
 
 
 class ScriptedModel(nn.Module):

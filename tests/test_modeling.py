@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from chat_helpers import randomise_zero_initialised
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCache
 
 from hf_nanochat import NanoChatGPTConfig, NanoChatGPTForCausalLM, NanoChatGPTModel
@@ -14,14 +15,7 @@ VOCAB = 256
 def tiny(depth=2, vocab=VOCAB, attn="sdpa", **kw) -> NanoChatGPTForCausalLM:
     config = NanoChatGPTConfig.from_depth(depth, vocab_size=vocab, max_position_embeddings=64, **kw)
     config._attn_implementation = attn
-    model = NanoChatGPTForCausalLM(config).eval()
-    # Zero-initialised projections make every input give the same logits; randomise them
-    # so the tests below compare something.
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.abs().sum() == 0:
-                p.normal_(0, 0.05)
-    return model
+    return randomise_zero_initialised(NanoChatGPTForCausalLM(config).eval())
 
 
 # --- shapes and parameter counts -------------------------------------------------------------
