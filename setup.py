@@ -6,13 +6,16 @@ package called `modeling`.
 """
 from setuptools import setup
 
+# hf_nanochat/ is grouped by pipeline stage, one sub-package each.
+STAGES = ["data", "train", "evaluate", "serve", "share", "speedrun"]
+
 setup(
     name="hf-nanochat",
     version="0.1.0",
     description="nanochat's depth-scaled GPT, tokenizer, training and chat on transformers/accelerate/TRL",
-    packages=["hf_nanochat", "hf_nanochat.modeling"],
+    packages=["hf_nanochat", *(f"hf_nanochat.{stage}" for stage in STAGES), "hf_nanochat.modeling"],
     package_dir={"hf_nanochat": "hf_nanochat", "hf_nanochat.modeling": "modeling"},
-    package_data={"hf_nanochat": ["resources/*.txt"]},  # not data/: that name is hf_nanochat/data.py
+    package_data={"hf_nanochat": ["resources/*.txt"]},
     python_requires=">=3.10",
     # torch is a range on purpose: CI installs the CPU wheel torch==2.13.0 first and a
     # range it satisfies pulls nothing more (an unpinned torch would fetch CUDA builds).

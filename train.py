@@ -1,4 +1,4 @@
-"""Training entry point for every stage (thin: see hf_nanochat/train_entry.py).
+"""Training entry point for every stage (thin: see hf_nanochat/train/entry.py).
 
     accelerate launch --config_file accelerate_configs/single_gpu.yaml train.py --config train_configs/d20.yaml
     python train.py --config train_configs/tiny_cpu.yaml --output_dir runs/tiny [--key=value ...] [--resume]
@@ -6,7 +6,7 @@
 """
 import sys
 
-from hf_nanochat.train_entry import main
+from hf_nanochat.train.entry import main
 
 if __name__ == "__main__":
     sys.exit(main())

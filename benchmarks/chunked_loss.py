@@ -18,7 +18,7 @@ import time
 import torch
 
 from hf_nanochat import NanoChatGPTConfig, NanoChatGPTForCausalLM
-from hf_nanochat.memory import GiB, estimate_memory
+from hf_nanochat.train.memory import GiB, estimate_memory
 
 
 def saved_bytes(model, x, y, chunk) -> int:

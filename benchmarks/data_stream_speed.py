@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from hf_nanochat.data import PretrainStream, load_documents
-from hf_nanochat.tokenizer import train_tokenizer
+from hf_nanochat.data.stream import PretrainStream, load_documents
+from hf_nanochat.data.tokenizer import train_tokenizer
 
 P100_D12_TOKENS_PER_S = 20_000
 

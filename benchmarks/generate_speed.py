@@ -28,10 +28,10 @@ from torch import nn
 
 import hf_nanochat
 from hf_nanochat import NanoChatGPTConfig, NanoChatGPTForCausalLM
-from hf_nanochat.app import ChatLimits, build_app
-from hf_nanochat.convert import to_transformers
-from hf_nanochat.engine import Engine
-from hf_nanochat.tokenizer import SPECIAL_TOKENS, train_tokenizer
+from hf_nanochat.serve.app import ChatLimits, build_app
+from hf_nanochat.share.convert import to_transformers
+from hf_nanochat.serve.engine import Engine
+from hf_nanochat.data.tokenizer import SPECIAL_TOKENS, train_tokenizer
 
 
 def corpus(max_chars: int = 3_000_000) -> list[str]:

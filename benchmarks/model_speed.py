@@ -1,5 +1,5 @@
 """Model speed, side by side in one run: ours vs transformers' built-in NanoChatForCausalLM (same
-weights, via hf_nanochat.convert) vs a plain-PyTorch nanochat GPT, on the same config (depth 4,
+weights, via hf_nanochat.share.convert) vs a plain-PyTorch nanochat GPT, on the same config (depth 4,
 vocab 8192) on CPU.
 
 - training step tokens/s: forward + backward + AdamW, batch 4 x seq 256
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from hf_nanochat import NanoChatGPTConfig, NanoChatGPTForCausalLM
-from hf_nanochat.convert import to_transformers
+from hf_nanochat.share.convert import to_transformers
 
 
 class PlainGPT(nn.Module):

@@ -20,10 +20,10 @@ from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 from hf_nanochat import NanoChatGPTConfig, NanoChatGPTForCausalLM
-from hf_nanochat.chat_data import build_mixture
-from hf_nanochat.optim import build_optimizer
-from hf_nanochat.sft import tokenize_conversations
-from hf_nanochat.tokenizer import train_tokenizer
+from hf_nanochat.data.chat_data import build_mixture
+from hf_nanochat.train.optim import build_optimizer
+from hf_nanochat.train.sft import tokenize_conversations
+from hf_nanochat.data.tokenizer import train_tokenizer
 
 WARMUP = 2
 

@@ -17,8 +17,8 @@ import time
 import rustbpe
 import tiktoken
 
-from hf_nanochat.data import load_documents
-from hf_nanochat.tokenizer import SPECIAL_TOKENS, SPLIT_PATTERN, encode_plain, train_tokenizer
+from hf_nanochat.data.stream import load_documents
+from hf_nanochat.data.tokenizer import SPECIAL_TOKENS, SPLIT_PATTERN, encode_plain, train_tokenizer
 
 
 def gpt2_byte_chars() -> dict[str, int]:

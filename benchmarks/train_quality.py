@@ -29,8 +29,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hf_nanochat import NanoChatGPTConfig, NanoChatGPTForCausalLM  # noqa: E402
-from hf_nanochat.data import PretrainStream, load_documents  # noqa: E402
-from hf_nanochat.tokenizer import load_tokenizer, token_byte_lengths, train_tokenizer  # noqa: E402
+from hf_nanochat.data.stream import PretrainStream, load_documents  # noqa: E402
+from hf_nanochat.data.tokenizer import load_tokenizer, token_byte_lengths, train_tokenizer  # noqa: E402
 
 DEPTH, SEQ, DEVICE_BATCH, TOTAL_BATCH, VOCAB, EVAL_TOKENS = 4, 128, 4, 1024, 4096, 16384
 
@@ -123,8 +123,8 @@ def reference_train(tokenizer, source, steps, seed):
 def our_train(tokenizer_dir, source, steps, seed, out_dir):
     from accelerate.state import AcceleratorState
 
-    from hf_nanochat.pretrain import train
-    from hf_nanochat.train_config import config_from_dict
+    from hf_nanochat.train.pretrain import train
+    from hf_nanochat.train.config import config_from_dict
 
     AcceleratorState._reset_state(reset_partial_state=True)
     config = config_from_dict(dict(

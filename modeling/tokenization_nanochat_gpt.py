@@ -4,7 +4,7 @@
 `auto_map`, so `AutoTokenizer.from_pretrained(folder, trust_remote_code=True)` returns this class
 in projects that do not have hf_nanochat installed. It therefore imports only the standard
 library, `tokenizers` and `transformers`. (Training, bits-per-byte and loading helpers live in
-hf_nanochat/tokenizer.py, which re-exports everything here.)
+hf_nanochat/data/tokenizer.py, which re-exports everything here.)
 
 - `render_conversation` is the one place that turns a chat into ids and a training mask. It is
   injection-safe: every piece of message text is encoded with special-token matching switched

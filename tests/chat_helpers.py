@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from hf_nanochat import NanoChatGPTConfig, NanoChatGPTForCausalLM
-from hf_nanochat.tokenizer import train_tokenizer
+from hf_nanochat.data.tokenizer import train_tokenizer
 
 CORPUS = [
     "The sky is blue because air scatters blue light more than red light.",

@@ -1,5 +1,5 @@
 """A tiny learnable corpus and tokenizer for pretraining tests, used through the real pipeline
-(hf_nanochat.data.PretrainStream + hf_nanochat.tokenizer), so tests exercise what runs in
+(hf_nanochat.data.PretrainStream + hf_nanochat.data.tokenizer), so tests exercise what runs in
 production. The text follows a small grammar: a model can learn it and the loss must go down.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ def make_corpus(folder: Path, train_docs: int = 3000, val_docs: int = 200) -> Pa
 
 
 def make_tokenizer(folder: Path, corpus: Path, vocab_size: int = 320) -> Path:
-    from hf_nanochat.tokenizer import train_tokenizer
+    from hf_nanochat.data.tokenizer import train_tokenizer
 
     texts = [json.loads(line)["text"] for line in (corpus / "a_train.jsonl").read_text().splitlines()]
     train_tokenizer(texts, vocab_size=vocab_size).save_pretrained(folder)

@@ -12,8 +12,8 @@ VOCAB = 512
 
 @functools.lru_cache(maxsize=1)
 def tiny_tokenizer():
-    from hf_nanochat.chat_data import build_mixture
-    from hf_nanochat.tokenizer import train_tokenizer
+    from hf_nanochat.data.chat_data import build_mixture
+    from hf_nanochat.data.tokenizer import train_tokenizer
 
     mix = build_mixture([{"source": s, "size": 150} for s in ("arithmetic", "spelling_bee", "identity", "simple_spelling")])
     texts = ["".join(p["text"] for m in row for p in m["content"]) for row in mix["messages"]]
@@ -37,7 +37,7 @@ def tiny_model(pretrained_like: bool = True, depth: int = 1, seed: int = 0) -> N
 
 def assistant_loss(model, tokenizer, conversations) -> float:
     """Mean cross-entropy over assistant tokens (the SFT objective), one forward per conversation."""
-    from hf_nanochat.tokenizer import render_conversation
+    from hf_nanochat.data.tokenizer import render_conversation
 
     total, count = 0.0, 0
     model.eval()

@@ -9,8 +9,8 @@ import time
 import pytest
 from chat_helpers import ScriptedModel, save_tiny_chat_model, tiny_model, tiny_tokenizer
 
-from hf_nanochat.app import EXAMPLES, LIMIT_PREFIX, ChatLimits, LimitExceeded, build_app, checked_request, history_to_messages
-from hf_nanochat.tokenizer import render_for_completion
+from hf_nanochat.serve.app import EXAMPLES, LIMIT_PREFIX, ChatLimits, LimitExceeded, build_app, checked_request, history_to_messages
+from hf_nanochat.data.tokenizer import render_for_completion
 
 REPLY = "Hello from the tiny model! It streams 🙂."
 CHROMIUM = "/usr/bin/chromium"
@@ -179,7 +179,7 @@ def test_command_line_launches_serve_the_app(entry, tmp_path):
     save_tiny_chat_model(tmp_path)
     port = free_port()
     command = {
-        "module": [sys.executable, "-m", "hf_nanochat.app", "--model", str(tmp_path), "--max-message-chars", "10"],
+        "module": [sys.executable, "-m", "hf_nanochat.serve.app", "--model", str(tmp_path), "--max-message-chars", "10"],
         "cli": [sys.executable, "-m", "hf_nanochat.cli", "chat", "--web", "--model", str(tmp_path)],
     }[entry] + ["--port", str(port), "--device", "cpu"]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -8,10 +8,10 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState
 
-from hf_nanochat.auto_batch import halve, initial_device_batch, rows_per_step
+from hf_nanochat.train.auto_batch import halve, initial_device_batch, rows_per_step
 from hf_nanochat.modeling.modeling_nanochat_gpt import NanoChatGPTForCausalLM
-from hf_nanochat.pretrain import train
-from hf_nanochat.train_config import config_from_dict
+from hf_nanochat.train.pretrain import train
+from hf_nanochat.train.config import config_from_dict
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pretrain_helpers import make_corpus, make_tokenizer, tiny_overrides  # noqa: E402

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hf_nanochat.calculator import MAX_INT_BITS, MAX_STRING_CHARS, CalculatorError, safe_eval
+from hf_nanochat.serve.calculator import MAX_INT_BITS, MAX_STRING_CHARS, CalculatorError, safe_eval
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import pytest
 from chat_helpers import save_tiny_chat_model
 
 from hf_nanochat.cli import main
-from hf_nanochat.engine import Engine, parse_rendered_reply
+from hf_nanochat.serve.engine import Engine, parse_rendered_reply
 
 GREEDY = ["--temperature", "0", "--max-tokens", "12", "--device", "cpu"]
 
@@ -21,7 +21,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(model_dir):
-    from hf_nanochat.engine import load_chat_model
+    from hf_nanochat.serve.engine import load_chat_model
 
     return Engine(*load_chat_model(str(model_dir), device="cpu"))
 

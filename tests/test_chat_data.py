@@ -5,9 +5,9 @@ import pytest
 from datasets import Dataset
 from sft_helpers import tiny_tokenizer
 
-from hf_nanochat import chat_data
-from hf_nanochat.sft import tokenize_conversations
-from hf_nanochat.tokenizer import SPECIAL_TOKENS, encode_plain
+from hf_nanochat.data import chat_data
+from hf_nanochat.train.sft import tokenize_conversations
+from hf_nanochat.data.tokenizer import SPECIAL_TOKENS, encode_plain
 
 GSM_ROW = {
     "question": "Weng earns $12 an hour. How much for 50 minutes?",

@@ -6,8 +6,8 @@ import pytest
 import torch
 from sft_helpers import tiny_tokenizer
 
-from hf_nanochat import chat_eval
-from hf_nanochat.tokenizer import encode_plain
+from hf_nanochat.evaluate import chat_eval
+from hf_nanochat.data.tokenizer import encode_plain
 
 
 class FavouriteTokenModel(torch.nn.Module):
@@ -117,8 +117,8 @@ def test_base_eval_bpb_matches_closed_form(tmp_path):
 
     from sft_helpers import tiny_model
 
-    from hf_nanochat.data import PretrainStream
-    from hf_nanochat.tokenizer import token_byte_lengths
+    from hf_nanochat.data.stream import PretrainStream
+    from hf_nanochat.data.tokenizer import token_byte_lengths
 
     tok = tiny_tokenizer()
     folder = tmp_path / "corpus"
@@ -138,7 +138,7 @@ def test_base_eval_bpb_matches_closed_form(tmp_path):
 
 def test_eval_cli_writes_json_and_markdown(tmp_path):
     """`hf-nanochat eval` end to end on a saved model with the real Engine and local task files."""
-    pytest.importorskip("hf_nanochat.engine")
+    pytest.importorskip("hf_nanochat.serve.engine")
     from sft_helpers import tiny_model
 
     from hf_nanochat.cli import main

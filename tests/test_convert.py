@@ -7,8 +7,8 @@ from transformers import AutoModelForCausalLM, NanoChatForCausalLM
 
 from hf_nanochat import NanoChatGPTConfig, NanoChatGPTForCausalLM
 from hf_nanochat.cli import main as cli_main
-from hf_nanochat.convert import copy_tokenizer_files, from_transformers, rename_state_dict, to_transformers
-from hf_nanochat.tokenizer import load_tokenizer, train_tokenizer
+from hf_nanochat.share.convert import copy_tokenizer_files, from_transformers, rename_state_dict, to_transformers
+from hf_nanochat.data.tokenizer import load_tokenizer, train_tokenizer
 
 VOCAB = 512
 

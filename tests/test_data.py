@@ -6,9 +6,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from hf_nanochat import data
-from hf_nanochat.data import PretrainStream, load_documents, offline_corpus, resolve_source
-from hf_nanochat.tokenizer import encode_plain, train_tokenizer
+from hf_nanochat.data import stream as data
+from hf_nanochat.data.stream import PretrainStream, load_documents, offline_corpus, resolve_source
+from hf_nanochat.data.tokenizer import encode_plain, train_tokenizer
 
 SEQ, BATCH = 16, 2
 

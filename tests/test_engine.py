@@ -3,7 +3,7 @@ import pytest
 import torch
 from chat_helpers import ScriptedModel, tiny_model, tiny_tokenizer
 
-from hf_nanochat.engine import Engine, Utf8TokenDecoder
+from hf_nanochat.serve.engine import Engine, Utf8TokenDecoder
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +206,7 @@ def test_stream_matches_decode_of_generate(model, tokenizer):
 
 
 def test_chat_renders_the_conversation_and_streams_the_reply(model, tokenizer):
-    from hf_nanochat.tokenizer import render_for_completion
+    from hf_nanochat.data.tokenizer import render_for_completion
 
     messages = [
         {"role": "user", "content": "Why is the sky blue?"},
@@ -224,8 +224,8 @@ def test_chat_renders_the_conversation_and_streams_the_reply(model, tokenizer):
 
 
 def test_rendered_tool_calls_parse_back_to_message_parts(model, tokenizer):
-    from hf_nanochat.engine import parse_rendered_reply
-    from hf_nanochat.tokenizer import render_conversation
+    from hf_nanochat.serve.engine import parse_rendered_reply
+    from hf_nanochat.data.tokenizer import render_conversation
 
     t = lambda n: tid(tokenizer, n)  # noqa: E731
     forced = [t("<|output_start|>"), *text_ids(tokenizer, "87"), t("<|output_end|>")]
@@ -250,7 +250,7 @@ def test_rendered_tool_calls_parse_back_to_message_parts(model, tokenizer):
 
 
 def test_default_dtype_follows_the_training_rule(monkeypatch):
-    from hf_nanochat.engine import default_dtype
+    from hf_nanochat.serve.engine import default_dtype
 
     assert default_dtype("cpu") == torch.float32
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "a GPU")

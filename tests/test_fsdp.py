@@ -36,7 +36,7 @@ from accelerate.utils import DistributedType, parse_flag_from_env
 state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 if state.distributed_type == DistributedType.MULTI_CPU:  # test-only: let Accelerator take its FSDP path
     state._shared_state["distributed_type"] = DistributedType.MULTI_GPU
-import hf_nanochat.pretrain as P
+import hf_nanochat.train.pretrain as P
 sys.exit(P.main(sys.argv[1:]))
 """
 
@@ -171,8 +171,8 @@ def test_fsdp_checkpoint_resumes_on_two_and_on_one_process(runs, data):
 
 @pytest.mark.slow
 def test_ddp_checkpoint_resumes_on_one_process(runs, data):
-    from hf_nanochat.pretrain import train
-    from hf_nanochat.train_config import config_from_dict
+    from hf_nanochat.train.pretrain import train
+    from hf_nanochat.train.config import config_from_dict
 
     root = runs[0]
     on_one = root / "ddp_resume1"
@@ -191,8 +191,8 @@ MUON_SHARDED = textwrap.dedent(
     import os, sys, torch, torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_tensor
-    from hf_nanochat.optim import zeropower_via_newtonschulz5
-    from hf_nanochat.sharding import orthogonalise_sharded
+    from hf_nanochat.train.optim import zeropower_via_newtonschulz5
+    from hf_nanochat.train.sharding import orthogonalise_sharded
     dist.init_process_group("gloo")
     mesh = init_device_mesh("cpu", (2,))
     torch.manual_seed(0)

@@ -13,7 +13,7 @@ from trained_folder import REPORT, make_trained_folder
 
 from hf_nanochat import NanoChatGPTForCausalLM
 from hf_nanochat.cli import main as cli_main
-from hf_nanochat.hub import MissingTokenError, build_upload_folder, push
+from hf_nanochat.share.hub import MissingTokenError, build_upload_folder, push
 
 REPO = "someone/nanochat-d2-test"
 
@@ -43,7 +43,7 @@ def test_dry_run_writes_the_upload_folder(model_folder, tmp_path):
     assert REPORT.strip() in card.text
     params = sum(p.numel() for p in NanoChatGPTForCausalLM.from_pretrained(model_folder).parameters())
     assert f"| 2 | 64 | 2 | 2 | 32 | {config['vocab_size']:,} | 128 | {params:,} | float32 |" in card.text
-    assert f"python -m hf_nanochat.app --model {REPO}" in card.text
+    assert f"python -m hf_nanochat.serve.app --model {REPO}" in card.text
     with pytest.raises(FileExistsError):  # never mixes with stale files
         build_upload_folder(model_folder, out, REPO)
 

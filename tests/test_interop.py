@@ -11,8 +11,8 @@ from isolated import run_without_hf_nanochat
 from trained_folder import make_trained_folder
 
 from hf_nanochat import NanoChatGPTForCausalLM
-from hf_nanochat.hub import build_upload_folder
-from hf_nanochat.tokenizer import load_tokenizer, render_for_completion
+from hf_nanochat.share.hub import build_upload_folder
+from hf_nanochat.data.tokenizer import load_tokenizer, render_for_completion
 
 QUESTION = [{"role": "user", "content": "Why is the sky blue?"}]
 NEW_TOKENS = 16

@@ -6,7 +6,7 @@ import textwrap
 import pytest
 
 from hf_nanochat import NanoChatGPTConfig
-from hf_nanochat.memory import GiB, estimate_memory, largest_device_batch, parse_size
+from hf_nanochat.train.memory import GiB, estimate_memory, largest_device_batch, parse_size
 
 MEASURE = textwrap.dedent(
     """

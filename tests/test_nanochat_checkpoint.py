@@ -11,14 +11,14 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from hf_nanochat import NanoChatGPTConfig, NanoChatGPTForCausalLM
 from hf_nanochat.cli import main as cli_main
-from hf_nanochat.nanochat_checkpoint import (
+from hf_nanochat.share.nanochat_checkpoint import (
     UnsupportedCheckpointError,
     load_checkpoint,
     load_tiktoken_pickle,
     model_from_checkpoint,
     tiktoken_to_tokenizers,
 )
-from hf_nanochat.tokenizer import SPECIAL_TOKENS, SPLIT_PATTERN, train_tokenizer
+from hf_nanochat.data.tokenizer import SPECIAL_TOKENS, SPLIT_PATTERN, train_tokenizer
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog. " * 3,

@@ -9,8 +9,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from hf_nanochat import NanoChatGPTConfig, NanoChatGPTForCausalLM
-from hf_nanochat import optim as optim_mod
-from hf_nanochat.optim import MuonAdamW, apply_schedule, build_optimizer, lr_multiplier, muon_momentum, zeropower_via_newtonschulz5
+from hf_nanochat.train import optim as optim_mod
+from hf_nanochat.train.optim import MuonAdamW, apply_schedule, build_optimizer, lr_multiplier, muon_momentum, zeropower_via_newtonschulz5
 
 
 @pytest.mark.parametrize("shape", [(48, 16), (16, 48), (32, 32)])

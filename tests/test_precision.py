@@ -4,8 +4,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
-from hf_nanochat import precision
-from hf_nanochat.precision import LossScaledStep, newton_schulz_dtype, resolve_precision
+from hf_nanochat.train import precision
+from hf_nanochat.train.precision import LossScaledStep, newton_schulz_dtype, resolve_precision
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hf_nanochat  # noqa: F401  (registers the Auto classes)
 from hf_nanochat import NanoChatGPTConfig, NanoChatGPTForCausalLM
-from hf_nanochat.pretrain import evaluate_bpb, list_checkpoints, train
-from hf_nanochat.train_config import config_from_dict
+from hf_nanochat.train.pretrain import evaluate_bpb, list_checkpoints, train
+from hf_nanochat.train.config import config_from_dict
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pretrain_helpers import make_corpus, make_tokenizer, tiny_overrides  # noqa: E402
@@ -186,7 +186,7 @@ def _cli(data, out: Path, extra: list[str]) -> list[str]:
 
 KILL_DURING_SECOND_SAVE = """
 import os, signal, sys
-import hf_nanochat.pretrain as P
+import hf_nanochat.train.pretrain as P
 real = P._fsync_tree
 calls = []
 def fsync_then_die(path):
@@ -218,7 +218,7 @@ def test_kill_9_during_a_save_leaves_the_last_checkpoint_loadable(reference_run,
 
 DDP_WITH_PARAM_DUMPS = """
 import sys, torch
-import hf_nanochat.pretrain as P
+import hf_nanochat.train.pretrain as P
 real = P.Checkpointer.save
 def save_and_dump(self, step, model, *args, **kwargs):
     path = real(self, step, model, *args, **kwargs)

@@ -4,7 +4,7 @@ import uuid
 
 import pytest
 
-from hf_nanochat.sandbox import run_python
+from hf_nanochat.evaluate.sandbox import run_python
 
 
 def test_correct_program_passes_and_can_use_its_temp_dir():

@@ -6,8 +6,8 @@ import torch
 from sft_helpers import assistant_loss, tiny_model, tiny_tokenizer
 from datasets import Dataset
 
-from hf_nanochat import chat_data
-from hf_nanochat.sft import SFTStageConfig, run_sft_stage, tokenize_conversations
+from hf_nanochat.data import chat_data
+from hf_nanochat.train.sft import SFTStageConfig, run_sft_stage, tokenize_conversations
 
 
 def _train_convs(n=32):
@@ -62,7 +62,7 @@ def test_packed_batch_logits_equal_separate_forwards(tmp_path):
 def test_ten_step_sft_lowers_assistant_loss_and_saves_stage(tmp_path, base_dir, packing):
     from transformers import AutoModelForCausalLM
 
-    from hf_nanochat.tokenizer import load_tokenizer
+    from hf_nanochat.data.tokenizer import load_tokenizer
 
     tok = tiny_tokenizer()
     convs = _train_convs()["messages"]
@@ -79,7 +79,7 @@ def test_ten_step_sft_lowers_assistant_loss_and_saves_stage(tmp_path, base_dir, 
 
 
 def test_muon_stage_follows_nanochat_schedule(tmp_path, base_dir):
-    from hf_nanochat.optim import lr_multiplier
+    from hf_nanochat.train.optim import lr_multiplier
 
     metrics = run_sft_stage(_cfg(tmp_path, optimizer="muon", matrix_lr=0.02, max_steps=10, warmdown_ratio=0.5, init_lr_frac=0.5))
     lrs = [h["learning_rate"] for h in metrics["log_history"] if "learning_rate" in h]
@@ -94,7 +94,7 @@ def test_lora_stage_trains_adapters_only_and_merge_matches(tmp_path, base_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from hf_nanochat.merge import merge_adapter
+    from hf_nanochat.share.merge import merge_adapter
 
     tok = tiny_tokenizer()
     convs = _train_convs()["messages"]
@@ -151,7 +151,7 @@ def test_recipes_parse(name):
 def test_tiny_recipe_runs_through_main_with_overrides(tmp_path, base_dir):
     from pathlib import Path
 
-    from hf_nanochat.sft import main
+    from hf_nanochat.train.sft import main
 
     recipe = Path(__file__).parent.parent / "train_configs" / "sft_tiny_cpu.yaml"
     assert main(["--config", str(recipe), f"--model={base_dir}", f"--output_dir={tmp_path / 'sft'}", "--max_steps=3"]) == 0

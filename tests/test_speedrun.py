@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from hf_nanochat.speedrun import RECIPES, build_stages, CONFIG_DIRS
+from hf_nanochat.speedrun.pipeline import build_stages
+from hf_nanochat.speedrun.recipes import CONFIG_DIRS, RECIPES
 
 pytestmark = pytest.mark.slow
 
@@ -73,7 +74,7 @@ def test_rerun_skips_finished_stages_and_resumes_pretraining(run):
     resumed_from = [line for line in log.splitlines() if "resum" in line.lower() and "step" in line.lower()]
     assert resumed_from, "the base stage should say which step it resumed from"
     # The last lines tell the user how to chat with the result and share it.
-    assert f"python -m hf_nanochat.app --model {out / 'sft'}" in log
+    assert f"python -m hf_nanochat.serve.app --model {out / 'sft'}" in log
     assert f"hf-nanochat push {out / 'sft'} YOUR_NAME/nanochat-tiny_cpu" in log
 
 

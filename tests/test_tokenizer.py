@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 from transformers.tokenization_utils_tokenizers import TokenizersBackend
 
 import hf_nanochat
-from hf_nanochat.tokenizer import (
+from hf_nanochat.data.tokenizer import (
     SPECIAL_TOKENS,
     NanoChatTokenizer,
     encode_plain,
@@ -302,7 +302,7 @@ def test_cli_train_then_eval(tmp_path, capsys):
     assert loaded.convert_ids_to_tokens(391) == "<|bos|>"
     assert main(["tokenizer", "eval", "--tokenizer", str(out), "--data", str(corpus)]) == 0
     table = capsys.readouterr().out
-    from hf_nanochat.data import load_documents
+    from hf_nanochat.data.stream import load_documents
 
     val_text = "\n".join(ex["text"] for ex in load_documents(str(corpus), "val"))
     assert val_text.startswith("paragraph 1-0") and "paragraph 0-" not in val_text  # the last file only

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hf_nanochat.pretrain import add_arguments, grad_accumulation_steps, resolve_horizon, train
-from hf_nanochat.train_config import TrainConfig, config_from_dict, load_config, parse_overrides
+from hf_nanochat.train.pretrain import add_arguments, grad_accumulation_steps, resolve_horizon, train
+from hf_nanochat.train.config import TrainConfig, config_from_dict, load_config, parse_overrides
 
 CONFIGS = Path(__file__).resolve().parent.parent / "train_configs"
 # stage: mid|sft recipes are SFTStageConfig files, checked in tests/test_sft.py

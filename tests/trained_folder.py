@@ -4,7 +4,7 @@ from pathlib import Path
 import torch
 
 from hf_nanochat import NanoChatGPTConfig, NanoChatGPTForCausalLM
-from hf_nanochat.tokenizer import train_tokenizer
+from hf_nanochat.data.tokenizer import train_tokenizer
 
 TEXTS = ["Why is the sky blue? Because of Rayleigh scattering of sunlight by air molecules. " * 4] * 30
 REPORT = "| metric | value |\n|---|---|\n| val bpb | 1.234 |\n| CORE | 0.0456 |\n"

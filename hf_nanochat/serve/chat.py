@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from hf_nanochat.engine import Engine, load_chat_model, parse_rendered_reply
+from hf_nanochat.serve.engine import Engine, load_chat_model, parse_rendered_reply
 
 HELP = "commands: /clear forgets the conversation, /exit quits"
 
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="default: as in training on this device")
-    parser.add_argument("--web", action="store_true", help="serve the Gradio app instead (see python -m hf_nanochat.app --help for limits)")
+    parser.add_argument("--web", action="store_true", help="serve the Gradio app instead (see python -m hf_nanochat.serve.app --help for limits)")
     parser.add_argument("--host", default="127.0.0.1", help="with --web: interface to listen on")
     parser.add_argument("--port", type=int, default=7860, help="with --web: port")
 
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     dtype = getattr(torch, args.dtype) if args.dtype else None
     model, tokenizer = load_chat_model(args.model, device=args.device, dtype=dtype)
     if args.web:
-        from hf_nanochat.app import launch_app
+        from hf_nanochat.serve.app import launch_app
 
         launch_app(model, tokenizer, args.host, args.port, model_name=args.model)
         return 0

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from datasets.distributed import split_dataset_by_node
 
-from hf_nanochat.tokenizer import BOS, encode_plain
+from hf_nanochat.data.tokenizer import BOS, encode_plain
 
 DEFAULT_SOURCE = "karpathy/fineweb-edu-100b-shuffle"
 OFFLINE_SOURCE = "offline"  # ask for the stdlib corpus explicitly

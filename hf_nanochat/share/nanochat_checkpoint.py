@@ -247,7 +247,7 @@ def convert_nanochat_checkpoint(
     encoding = load_tiktoken_pickle(pkl)
     if encoding.n_vocab != model.config.vocab_size:
         raise ValueError(f"tokenizer has {encoding.n_vocab} tokens but the model's vocab_size is {model.config.vocab_size}")
-    from hf_nanochat.tokenizer import chat_tokenizer
+    from hf_nanochat.data.tokenizer import chat_tokenizer
 
     tokenizer = chat_tokenizer(tiktoken_to_tokenizers(encoding))
     model.config.bos_token_id = tokenizer.bos_token_id

@@ -32,7 +32,7 @@ from typing import Any
 
 from datasets import Dataset, concatenate_datasets, load_dataset
 
-WORDS_FILE = Path(__file__).parent / "resources" / "words.txt"
+WORDS_FILE = Path(__file__).parent.parent / "resources" / "words.txt"
 # Test examples draw from seeds far above any train index, so the two splits never overlap
 # (nanochat's SpellingBee does the same).
 TEST_SEED_OFFSET = 10_000_000

@@ -146,7 +146,7 @@ print(reply[0]["generated_text"][-1]["content"])
 With hf-nanochat installed (`pip install -e .` in a checkout of it):
 
 {fence}bash
-python -m hf_nanochat.app --model {repo_id}
+python -m hf_nanochat.serve.app --model {repo_id}
 {fence}
 """
 

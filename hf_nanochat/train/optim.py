@@ -145,9 +145,9 @@ class MuonAdamW(torch.optim.Optimizer):
     def _orthogonalise(self, matrices: list[torch.Tensor], steps: int, dtype: torch.dtype) -> list[torch.Tensor]:
         """Newton-Schulz of every matrix; with several ranks each rank computes every
         world_size-th matrix of each shape and an all_gather shares the results. FSDP-sharded
-        matrices (DTensors) go to hf_nanochat.sharding, which orthogonalises each one whole."""
+        matrices (DTensors) go to hf_nanochat.train.sharding, which orthogonalises each one whole."""
         if matrices and isinstance(matrices[0], DTensor):
-            from hf_nanochat.sharding import orthogonalise_sharded
+            from hf_nanochat.train.sharding import orthogonalise_sharded
 
             return orthogonalise_sharded(matrices, steps, dtype, zeropower_via_newtonschulz5)
         world = dist.get_world_size(self.process_group) if dist.is_available() and dist.is_initialized() else 1

@@ -60,8 +60,8 @@ def tokenizer_section(out: Path, data_source: str | None) -> dict | None:
     tok_dir = out / "tokenizer"
     if not (tok_dir / "tokenizer.json").exists():
         return None
-    from hf_nanochat.tokenizer import encode_plain, load_tokenizer
-    from hf_nanochat.tokenizer_cli import eval_samples
+    from hf_nanochat.data.tokenizer import encode_plain, load_tokenizer
+    from hf_nanochat.data.tokenizer_cli import eval_samples
 
     tokenizer = load_tokenizer(str(tok_dir))
     rows = {}
@@ -118,7 +118,7 @@ def chat_samples(out: Path) -> list[dict]:
     model_dir = out / "sft"
     if not (model_dir / "config.json").exists():
         return []
-    from hf_nanochat.engine import Engine, load_chat_model
+    from hf_nanochat.serve.engine import Engine, load_chat_model
 
     model, tokenizer = load_chat_model(str(model_dir))
     engine = Engine(model, tokenizer)
@@ -222,7 +222,7 @@ def write_report(out: Path) -> tuple[Path, Path]:
     state = _read_json(out / "speedrun_state.json") or {"stages": {}}
     recipe = None
     if state.get("recipe"):
-        from hf_nanochat.speedrun import RECIPES
+        from hf_nanochat.speedrun.recipes import RECIPES
 
         recipe = RECIPES[state["recipe"]]
     dollars_per_hour = recipe.dollars_per_hour if recipe else 0.0

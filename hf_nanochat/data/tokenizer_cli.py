@@ -6,8 +6,8 @@ import time
 from itertools import islice
 from pathlib import Path
 
-from hf_nanochat.data import DEFAULT_SOURCE, load_documents
-from hf_nanochat.tokenizer import encode_plain, load_tokenizer, train_tokenizer
+from hf_nanochat.data.stream import DEFAULT_SOURCE, load_documents
+from hf_nanochat.data.tokenizer import encode_plain, load_tokenizer, train_tokenizer
 
 # Held-out text of other kinds than the training data, as in nanochat's tok_eval: code from
 # Python's own library and a few languages/scripts, so the table shows where the vocab is weak.

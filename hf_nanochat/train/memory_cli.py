@@ -15,9 +15,9 @@ from pathlib import Path
 
 import yaml
 
-from hf_nanochat.memory import GiB, estimate_memory, format_estimate, largest_device_batch, parse_size
+from hf_nanochat.train.memory import GiB, estimate_memory, format_estimate, largest_device_batch, parse_size
 from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
-from hf_nanochat.train_config import load_config
+from hf_nanochat.train.config import load_config
 
 
 def launch_topology(path: str | None) -> dict:

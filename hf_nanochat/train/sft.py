@@ -5,7 +5,7 @@ restart per document - the model turns those into per-document causal masks), th
 loss from our mask, gradient accumulation, precision, DDP/FSDP through Accelerate, checkpoints.
 What this module adds: the data (a YAML mixture rendered by the one injection-safe
 `render_conversation`, fed pre-tokenized as `input_ids` + `assistant_masks`), nanochat's
-optimizer and schedule (Muon + AdamW from `hf_nanochat.optim`, LR flat then linear warmdown),
+optimizer and schedule (Muon + AdamW from `hf_nanochat.train.optim`, LR flat then linear warmdown),
 the precision rule shared with pretraining, and the stage contract: read the previous stage's
 `save_pretrained` folder (or Hub id), write this stage's folder with the tokenizer.
 
@@ -132,7 +132,7 @@ def tokenize_conversations(dataset, tokenizer, max_length: int | None = None, nu
     """`messages` -> `input_ids` + `assistant_masks` through `render_conversation` (never the
     template-string path, so user text can never become a special token). Conversations without
     a single trainable token (cut off before the assistant speaks) are dropped."""
-    from hf_nanochat.tokenizer import render_conversation
+    from hf_nanochat.data.tokenizer import render_conversation
 
     def render(row):
         ids, mask = render_conversation(tokenizer, row["messages"], max_tokens=max_length)
@@ -148,13 +148,13 @@ class NanochatSchedule(torch.optim.lr_scheduler.LambdaLR):
     ramp 0.85 -> 0.95 over 300 steps; one scheduler object so Trainer steps both together."""
 
     def __init__(self, optimizer, num_training_steps: int, warmdown_ratio: float):
-        from hf_nanochat.optim import lr_multiplier
+        from hf_nanochat.train.optim import lr_multiplier
 
         self.num_training_steps = max(int(num_training_steps), 1)
         super().__init__(optimizer, lambda step: lr_multiplier(step, self.num_training_steps, warmdown_ratio=warmdown_ratio))
 
     def step(self, epoch=None):
-        from hf_nanochat.optim import muon_momentum
+        from hf_nanochat.train.optim import muon_momentum
 
         super().step() if epoch is None else super().step(epoch)
         for group in self.optimizer.param_groups:
@@ -163,7 +163,7 @@ class NanochatSchedule(torch.optim.lr_scheduler.LambdaLR):
 
 
 def build_stage_optimizer(model, cfg: SFTStageConfig, device: torch.device) -> torch.optim.Optimizer:
-    """Full fine-tuning: nanochat's Muon/AdamW groups (hf_nanochat.optim). LoRA: AdamW over the
+    """Full fine-tuning: nanochat's Muon/AdamW groups (hf_nanochat.train.optim). LoRA: AdamW over the
     trainable adapter weights. Every LR is scaled by `init_lr_frac`."""
     if cfg.peft is not None:
         params = [p for p in model.parameters() if p.requires_grad]
@@ -171,8 +171,8 @@ def build_stage_optimizer(model, cfg: SFTStageConfig, device: torch.device) -> t
         for group in opt.param_groups:
             group["kind"] = "adamw"
         return opt
-    from hf_nanochat.optim import build_optimizer
-    from hf_nanochat.precision import newton_schulz_dtype
+    from hf_nanochat.train.optim import build_optimizer
+    from hf_nanochat.train.precision import newton_schulz_dtype
 
     f = cfg.init_lr_frac
     return build_optimizer(
@@ -208,8 +208,8 @@ def _device_for_precision() -> torch.device:
 
 
 def trainer_precision_args(precision: str, device: torch.device) -> dict[str, Any]:
-    """The shared precision rule (hf_nanochat.precision) as TrainingArguments flags."""
-    from hf_nanochat.precision import resolve_precision
+    """The shared precision rule (hf_nanochat.train.precision) as TrainingArguments flags."""
+    from hf_nanochat.train.precision import resolve_precision
 
     plan = resolve_precision(precision, device, os.environ.get("ACCELERATE_MIXED_PRECISION"))
     if plan.explicit_fp16:
@@ -237,8 +237,8 @@ def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_data
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from hf_nanochat.chat_data import build_mixture
-    from hf_nanochat.tokenizer import load_tokenizer
+    from hf_nanochat.data.chat_data import build_mixture
+    from hf_nanochat.data.tokenizer import load_tokenizer
 
     device = _device_for_precision()
     precision_args = trainer_precision_args(cfg.precision, device)

@@ -21,59 +21,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIRS = {"train": REPO_ROOT / "train_configs", "launch": REPO_ROOT / "accelerate_configs"}
+from hf_nanochat.speedrun.recipes import CONFIG_DIRS, RECIPES, REPO_ROOT, Recipe
+
 STATE_FILE = "speedrun_state.json"
 CPU_FLOPS_ASSUMED = 2e10  # effective fp32 FLOP/s of a 2-core CPU, for the time estimate only
 GPU_MFU_ASSUMED = 0.4
-
-
-@dataclass(frozen=True)
-class Recipe:
-    description: str
-    launch_config: str  # accelerate_configs/<name>
-    base: str  # train_configs/<name>
-    mid: str
-    sft: str
-    tokenizer_data: str = "karpathy/fineweb-edu-100b-shuffle"
-    tokenizer_vocab_size: int = 65536
-    tokenizer_max_chars: int = 2_000_000_000
-    base_eval_batches: int | None = None  # None: the whole val split
-    chat_tasks: tuple[str, ...] = ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee")
-    chat_max_problems: int | None = None
-    gpu: str | None = None  # name for the time estimate (peak FLOP/s table); None: CPU
-    num_devices: int = 1
-    dollars_per_hour: float = 0.0  # whole machine
-
-
-RECIPES: dict[str, Recipe] = {
-    "tiny_cpu": Recipe(
-        "a tiny model on 2 CPU cores, offline, in minutes: checks the whole pipeline",
-        "cpu.yaml", "tiny_cpu.yaml", "mid_tiny_cpu.yaml", "sft_tiny_cpu.yaml",
-        tokenizer_data="offline", tokenizer_vocab_size=4096, tokenizer_max_chars=3_000_000,
-        base_eval_batches=16, chat_tasks=("SpellingBee",), chat_max_problems=16,
-    ),
-    "p100": Recipe(
-        "d12 in fp16 on one 16 GB P100 (the seed guide's speedrun_p100.sh)",
-        "p100.yaml", "d12_p100.yaml", "mid.yaml", "sft.yaml", gpu="P100", dollars_per_hour=1.5,
-    ),
-    "single_gpu": Recipe(
-        "d20 (561M) in bf16 on one A100/H100 80 GB", "single_gpu.yaml", "d20.yaml", "mid.yaml", "sft.yaml",
-        gpu="H100", dollars_per_hour=3.0,
-    ),
-    "h100x8": Recipe(
-        "the d20 speedrun in bf16 on 8x H100 with DDP", "multi_gpu.yaml", "d20.yaml", "mid.yaml", "sft.yaml",
-        gpu="H100", num_devices=8, dollars_per_hour=24.0,
-    ),
-    "3b": Recipe(
-        "d38 (3.02B) in bf16 with FSDP on 8 GPUs (the seed guide's run3b.sh)", "fsdp.yaml", "3b.yaml", "mid.yaml",
-        "sft.yaml", gpu="H100", num_devices=8, dollars_per_hour=24.0,
-    ),
-    "7b": Recipe(
-        "d52 (7.35B) in bf16 with FSDP on 8 GPUs (the seed guide's run7b.sh)", "fsdp.yaml", "7b.yaml", "mid.yaml",
-        "sft.yaml", gpu="H100", num_devices=8, dollars_per_hour=24.0,
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -120,7 +72,7 @@ def build_stages(recipe: Recipe, out: Path, launch_config: Path) -> list[Stage]:
 
 
 def load_train_config(name: str):
-    from hf_nanochat.train_config import load_config
+    from hf_nanochat.train.config import load_config
 
     return load_config(CONFIG_DIRS["train"] / name)
 
@@ -134,7 +86,7 @@ def read_state(out: Path) -> dict:
 
 
 def write_state(out: Path, state: dict) -> None:
-    from hf_nanochat.pretrain import atomic_write_text
+    from hf_nanochat.train.pretrain import atomic_write_text
 
     atomic_write_text(out / STATE_FILE, json.dumps(state, indent=1))
 
@@ -151,9 +103,9 @@ def plan(recipe: Recipe, name: str, launch_config: Path) -> dict:
     import torch
 
     from hf_nanochat.info import model_shape
-    from hf_nanochat.memory import estimate_memory
-    from hf_nanochat.memory_cli import recipe_memory
-    from hf_nanochat.pretrain import PEAK_FLOPS, resolve_horizon
+    from hf_nanochat.train.memory import estimate_memory
+    from hf_nanochat.train.memory_cli import recipe_memory
+    from hf_nanochat.train.pretrain import PEAK_FLOPS, resolve_horizon
 
     cfg = load_train_config(recipe.base)
     model, batch, memory_kwargs = recipe_memory(cfg, str(launch_config), on_gpu=recipe.gpu is not None)
@@ -245,14 +197,14 @@ def speedrun(name: str, out: Path, launch_config: str | None = None, dry_run: bo
             continue
         run_stage(stage, out, state)
 
-    from hf_nanochat.report import write_report
+    from hf_nanochat.speedrun.report import write_report
 
     md, _ = write_report(out)
     # The final model carries its report card, so `hf-nanochat push OUT/sft` puts it on the Hub.
     for report_file in (md.name, "report_loss.png"):
         if (out / report_file).exists():
             shutil.copy2(out / report_file, out / "sft" / report_file)
-    print(f"\nreport: {md}\nchat with it:  python -m hf_nanochat.app --model {out / 'sft'}"
+    print(f"\nreport: {md}\nchat with it:  python -m hf_nanochat.serve.app --model {out / 'sft'}"
           f"\nshare it:      hf-nanochat push {out / 'sft'} YOUR_NAME/nanochat-{name}", flush=True)
     return 0
 

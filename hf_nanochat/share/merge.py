@@ -20,7 +20,7 @@ def merge_adapter(adapter_dir: str, out_dir: str, base: str | None = None):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from hf_nanochat.tokenizer import load_tokenizer
+    from hf_nanochat.data.tokenizer import load_tokenizer
 
     config_path = Path(adapter_dir) / "adapter_config.json"
     if not config_path.exists():

@@ -33,12 +33,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from hf_nanochat.memory import estimate_memory
-from hf_nanochat.optim import apply_schedule, build_optimizer, lr_multiplier, muon_momentum
-from hf_nanochat.auto_batch import PROBE_STEPS, halve, initial_device_batch
-from hf_nanochat.sharding import describe_sharding, export_skeleton, fsdp_plugin
-from hf_nanochat.precision import LossScaledStep, PrecisionPlan, newton_schulz_dtype, resolve_precision
-from hf_nanochat.train_config import TrainConfig, config_to_yaml, load_config, parse_value
+from hf_nanochat.train.memory import estimate_memory
+from hf_nanochat.train.optim import apply_schedule, build_optimizer, lr_multiplier, muon_momentum
+from hf_nanochat.train.auto_batch import PROBE_STEPS, halve, initial_device_batch
+from hf_nanochat.train.sharding import describe_sharding, export_skeleton, fsdp_plugin
+from hf_nanochat.train.precision import LossScaledStep, PrecisionPlan, newton_schulz_dtype, resolve_precision
+from hf_nanochat.train.config import TrainConfig, config_to_yaml, load_config, parse_value
 
 CHECKPOINT_PREFIX = "step_"
 TMP_PREFIX = ".tmp_"
@@ -66,12 +66,12 @@ class DataPipeline:
 
 
 def default_pipeline(config: TrainConfig, accelerator) -> DataPipeline:
-    """The real pieces: hf_nanochat.tokenizer and hf_nanochat.data.PretrainStream.
+    """The real pieces: hf_nanochat.data.tokenizer and hf_nanochat.data.PretrainStream.
 
     With `tokenizer: null` the main process trains nanochat's BPE on the train split once and
     saves it to output_dir/tokenizer (reused on --resume); the other ranks then load it."""
-    from hf_nanochat.data import PretrainStream, load_documents
-    from hf_nanochat.tokenizer import load_tokenizer, token_byte_lengths, train_tokenizer
+    from hf_nanochat.data.stream import PretrainStream, load_documents
+    from hf_nanochat.data.tokenizer import load_tokenizer, token_byte_lengths, train_tokenizer
 
     path = Path(config.tokenizer) if config.tokenizer else Path(config.output_dir) / "tokenizer"
     if config.tokenizer is None and not (path / "tokenizer.json").exists():
@@ -408,7 +408,7 @@ def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: boo
         f"compute    {flops_per_token:.3e} FLOPs/token -> {flops_per_token * total_tokens:.3e} FLOPs total",
         f"optimizer  {config.optimizer}"
         + (f" (Muon on block matrices, Newton-Schulz in {str(ns_dtype).removeprefix('torch.')}; AdamW on wte/lm_head)" if config.optimizer == "muon" else ""),
-        f"memory     ~{_human(memory['total'], 'B')} per device (hf_nanochat.memory estimate: "
+        f"memory     ~{_human(memory['total'], 'B')} per device (hf_nanochat.train.memory estimate: "
         + ", ".join(f"{k} {_human(v, 'B')}" for k, v in memory.items() if k != "total")
         + ")"
         + (f"; loss in chunks of {config.loss_chunk_tokens:,} tokens" if config.loss_chunk_tokens else ""),

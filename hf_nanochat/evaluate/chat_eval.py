@@ -7,7 +7,7 @@ Chat model (nanochat's ChatCORE tasks):
     (among the question's letters only).
   * GSM8K, SpellingBee - generation through `Engine` (with the calculator tool); correct when
     the `#### N` answer matches the reference.
-  * HumanEval - generation, then the program + the task's tests run in `hf_nanochat.sandbox`.
+  * HumanEval - generation, then the program + the task's tests run in `hf_nanochat.evaluate.sandbox`.
 ChatCORE (nanochat): each task's accuracy centred on its random baseline,
 (acc - baseline) / (1 - baseline) with baseline 0.25 for the 4-way multiple choice tasks and 0
 for the generative ones, averaged over the tasks. Results go to JSON and a markdown table.
@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from hf_nanochat import chat_data
+from hf_nanochat.data import chat_data
 
 ANSWER_RE = re.compile(r"#### (\-?[0-9\.\,]+)")
 
@@ -68,7 +68,7 @@ def humaneval_program(record: dict, completion: str) -> str:
 
 
 def humaneval_correct(record: dict, completion: str, timeout: float = 5.0) -> bool:
-    from hf_nanochat.sandbox import run_python
+    from hf_nanochat.evaluate.sandbox import run_python
 
     return run_python(humaneval_program(record, completion), timeout=timeout).success
 
@@ -102,7 +102,7 @@ def chatcore(accuracies: dict[str, float]) -> float:
 
 # --------------------------------------------------------------------------- scoring
 def _prompt(tokenizer, record: dict) -> list[int]:
-    from hf_nanochat.tokenizer import render_for_completion
+    from hf_nanochat.data.tokenizer import render_for_completion
 
     return render_for_completion(tokenizer, record["messages"][:-1])
 
@@ -111,7 +111,7 @@ def _prompt(tokenizer, record: dict) -> list[int]:
 def predict_letters(model, tokenizer, records: list[dict], batch_size: int = 8) -> list[str]:
     """For each multiple-choice record, the letter whose token has the highest logit right after
     `<|assistant_start|>`, among that record's letters."""
-    from hf_nanochat.tokenizer import encode_plain
+    from hf_nanochat.data.tokenizer import encode_plain
 
     letter_ids: dict[str, int] = {}
     device = next(model.parameters()).device
@@ -137,7 +137,7 @@ def predict_letters(model, tokenizer, records: list[dict], batch_size: int = 8) 
 
 def engine_generator(model, tokenizer, num_samples: int = 1, max_tokens: int = 512, temperature: float = 0.0, top_k: int | None = 50, seed: int = 42):
     """prompt ids -> decoded completions, through the chat Engine (which runs calculator calls)."""
-    from hf_nanochat.engine import Engine
+    from hf_nanochat.serve.engine import Engine
 
     engine = Engine(model, tokenizer)
 
@@ -201,9 +201,9 @@ def evaluate_base(model, tokenizer, source: str, seq_len: int, batch_size: int, 
 
     from accelerate import Accelerator
 
-    from hf_nanochat.data import PretrainStream
-    from hf_nanochat.pretrain import evaluate_bpb
-    from hf_nanochat.tokenizer import token_byte_lengths
+    from hf_nanochat.data.stream import PretrainStream
+    from hf_nanochat.train.pretrain import evaluate_bpb
+    from hf_nanochat.data.tokenizer import token_byte_lengths
 
     stream = PretrainStream(tokenizer, source=source, seq_len=seq_len, batch_size=batch_size, split="val")
     batches = list(itertools.islice(iter(stream), max_batches))
@@ -248,11 +248,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hf_nanochat.engine import load_chat_model
+    from hf_nanochat.serve.engine import load_chat_model
 
     model, tokenizer = load_chat_model(args.model, device=args.device)
     if args.kind == "base":
-        from hf_nanochat.data import DEFAULT_SOURCE
+        from hf_nanochat.data.stream import DEFAULT_SOURCE
 
         results = evaluate_base(model, tokenizer, args.source or DEFAULT_SOURCE, args.seq_len, args.batch_size, args.max_batches)
     else:

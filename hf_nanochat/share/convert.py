@@ -217,7 +217,7 @@ def restore_safe_tokenizer(folder: str | Path) -> bool:
     """Re-save a tokenizer that has nanochat's special tokens as our NanoChatTokenizer, which
     writes back its code file and `auto_map` (the injection-safe chat template path) that the
     no-remote-code format left out. Returns whether it did."""
-    from hf_nanochat.tokenizer import SPECIAL_TOKENS, NanoChatTokenizer
+    from hf_nanochat.data.tokenizer import SPECIAL_TOKENS, NanoChatTokenizer
 
     folder = Path(folder)
     tokenizer_file = folder / "tokenizer.json"
@@ -254,7 +254,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.direction == "from-nanochat":
-        from hf_nanochat.nanochat_checkpoint import convert_nanochat_checkpoint
+        from hf_nanochat.share.nanochat_checkpoint import convert_nanochat_checkpoint
 
         out = convert_nanochat_checkpoint(args.checkpoint_dir, args.out, tokenizer_dir=args.tokenizer_dir, step=args.step)
     else:

@@ -1,0 +1,1 @@
+"""Evaluation: base-model bits per byte and the chat tasks (ChatCORE), with the code sandbox."""

@@ -1,0 +1,60 @@
+"""The hardware recipes of `hf-nanochat speedrun`: which configs each stage runs, on what machine.
+
+Kept apart from the pipeline so the report (which reads a run's recipe back) and the
+pipeline (which runs it) both import it without importing each other.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIRS = {"train": REPO_ROOT / "train_configs", "launch": REPO_ROOT / "accelerate_configs"}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    description: str
+    launch_config: str  # accelerate_configs/<name>
+    base: str  # train_configs/<name>
+    mid: str
+    sft: str
+    tokenizer_data: str = "karpathy/fineweb-edu-100b-shuffle"
+    tokenizer_vocab_size: int = 65536
+    tokenizer_max_chars: int = 2_000_000_000
+    base_eval_batches: int | None = None  # None: the whole val split
+    chat_tasks: tuple[str, ...] = ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee")
+    chat_max_problems: int | None = None
+    gpu: str | None = None  # name for the time estimate (peak FLOP/s table); None: CPU
+    num_devices: int = 1
+    dollars_per_hour: float = 0.0  # whole machine
+
+
+RECIPES: dict[str, Recipe] = {
+    "tiny_cpu": Recipe(
+        "a tiny model on 2 CPU cores, offline, in minutes: checks the whole pipeline",
+        "cpu.yaml", "tiny_cpu.yaml", "mid_tiny_cpu.yaml", "sft_tiny_cpu.yaml",
+        tokenizer_data="offline", tokenizer_vocab_size=4096, tokenizer_max_chars=3_000_000,
+        base_eval_batches=16, chat_tasks=("SpellingBee",), chat_max_problems=16,
+    ),
+    "p100": Recipe(
+        "d12 in fp16 on one 16 GB P100 (the seed guide's speedrun_p100.sh)",
+        "p100.yaml", "d12_p100.yaml", "mid.yaml", "sft.yaml", gpu="P100", dollars_per_hour=1.5,
+    ),
+    "single_gpu": Recipe(
+        "d20 (561M) in bf16 on one A100/H100 80 GB", "single_gpu.yaml", "d20.yaml", "mid.yaml", "sft.yaml",
+        gpu="H100", dollars_per_hour=3.0,
+    ),
+    "h100x8": Recipe(
+        "the d20 speedrun in bf16 on 8x H100 with DDP", "multi_gpu.yaml", "d20.yaml", "mid.yaml", "sft.yaml",
+        gpu="H100", num_devices=8, dollars_per_hour=24.0,
+    ),
+    "3b": Recipe(
+        "d38 (3.02B) in bf16 with FSDP on 8 GPUs (the seed guide's run3b.sh)", "fsdp.yaml", "3b.yaml", "mid.yaml",
+        "sft.yaml", gpu="H100", num_devices=8, dollars_per_hour=24.0,
+    ),
+    "7b": Recipe(
+        "d52 (7.35B) in bf16 with FSDP on 8 GPUs (the seed guide's run7b.sh)", "fsdp.yaml", "7b.yaml", "mid.yaml",
+        "sft.yaml", gpu="H100", num_devices=8, dollars_per_hour=24.0,
+    ),
+}
