@@ -19,17 +19,18 @@ setup(
     python_requires=">=3.10",
     # Every floor below is what .ci/floors.txt pins in CI's second environment (the suite runs
     # there too); the first environment takes the newest releases these ranges allow.
-    # transformers < 6: its major releases rename model APIs (5.24 renamed the KV cache
-    # argument, which the model files handle both ways).
+    # transformers >= 5.23 for the pipeline (TrainingArguments' activation_checkpointing, which
+    # the chat stages pass to TRL); the model files that travel with checkpoints load and generate
+    # from 5.16.1 on (.ci/model_floor.txt, tested too). < 6: major releases rename model APIs.
     # torch is a range on purpose: CI installs the CPU wheel torch==2.13.0 first and a range it
     # satisfies pulls nothing more (an unpinned torch would fetch CUDA builds). 2.13 is the only
     # build CI can test; >=2.6 is what the code needs (FSDP2's public fully_shard, F.rms_norm).
     # matplotlib 3.9: the first with NumPy 2 wheels (pyarrow, under datasets, needs NumPy 2).
     install_requires=[
         "torch>=2.6",
-        "transformers>=5.16.1,<6",
+        "transformers>=5.23,<6",
         "tokenizers>=0.23.1",
-        "huggingface_hub>=1.5.0",
+        "huggingface_hub>=1.31.0",
         "safetensors>=0.8.0",
         "accelerate>=1.15.0",
         "datasets>=4.7.0",
@@ -47,6 +48,7 @@ setup(
             "tiktoken>=0.7",
             "rustbpe>=0.1",
             "lm-eval>=0.4",
+            "parameterized>=0.9",  # transformers' own common model tests (tests/transformers_common)
         ],
     },
     entry_points={"console_scripts": ["hf-nanochat=hf_nanochat.cli:main"]},
