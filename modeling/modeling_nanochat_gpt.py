@@ -15,6 +15,7 @@ nanochat checkpoints load by name and LoRA targets read like nanochat's code.
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -42,11 +43,21 @@ _MASK_CACHE_NAME = "cache" if "cache" in inspect.signature(create_causal_mask).p
 _DEPRECATED_CACHE_NAME = "past_key_values"
 
 
-def _cache_argument(cache: Cache | None, kwargs: dict) -> Cache | None:
-    """The cache a caller passed, under either name (removing the old name from `kwargs`)."""
+def _cache_argument(cache: Cache | None, kwargs: dict, caller: str) -> Cache | None:
+    """The cache a caller passed, under either name (removing the old name from `kwargs`).
+
+    Where the installed transformers reads `cache`, the old name warns as transformers' own
+    models do (FutureWarning); on earlier releases it is the current name and stays silent."""
     old = kwargs.pop(_DEPRECATED_CACHE_NAME, None)
     if old is not None and cache is not None:
         raise ValueError("Pass the KV cache once, as `cache` or `past_key_values`, not both")
+    if old is not None and CACHE_NAME != _DEPRECATED_CACHE_NAME and not torch.compiler.is_compiling():
+        warnings.warn(
+            f"`{_DEPRECATED_CACHE_NAME}` is deprecated and will be removed in version 5.40.0 for `{caller}`. "
+            f"Use `{CACHE_NAME}` instead.",
+            FutureWarning,
+            stacklevel=3,
+        )
     return cache if cache is not None else old
 
 
@@ -283,7 +294,7 @@ class NanoChatGPTModel(NanoChatGPTPreTrainedModel):
         output_attentions: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
-        cache = _cache_argument(cache, kwargs)
+        cache = _cache_argument(cache, kwargs, "NanoChatGPTModel.forward")
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
         if output_hidden_states is None:
@@ -423,7 +434,7 @@ class NanoChatGPTForCausalLM(NanoChatGPTPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=_cache_argument(cache, kwargs),
+            cache=_cache_argument(cache, kwargs, "NanoChatGPTForCausalLM.forward"),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
