@@ -39,8 +39,13 @@ class NanoChatGPTConfig(PreTrainedConfig):
         max_position_embeddings (`int`, defaults to 2048):
             Context length the model is trained for (`sequence_len`). Rotary angles are computed
             from positions on the fly, so longer inputs run but are out of distribution.
-        rope_theta (`float`, defaults to 10000.0):
-            Base of the rotary frequencies.
+        rope_parameters (`dict`, *optional*):
+            Rotary embedding settings in transformers' standard form: `rope_type` ("default" is
+            nanochat's plain rotary; "linear", "dynamic", "yarn", ... are transformers' RoPE
+            scaling types) and `rope_theta`, the base of the rotary frequencies (10000.0, nanochat's
+            value, when not given), plus whatever the scaling type needs (e.g. `factor`).
+            `rope_theta=` (the key of configs written before this field existed) still works: it
+            lands in `rope_parameters`, and `config.rope_theta` reads it back.
         rms_norm_eps (`float`, *optional*):
             Epsilon of the parameter-free RMSNorms. `None` (nanochat's choice) uses the input
             dtype's machine epsilon, as `torch.nn.functional.rms_norm` does with no eps.
@@ -73,7 +78,7 @@ class NanoChatGPTConfig(PreTrainedConfig):
     num_key_value_heads: int | None = None
     intermediate_size: int | None = None
     max_position_embeddings: int = 2048
-    rope_theta: float = 10000.0
+    rope_parameters: dict | None = None
     rms_norm_eps: float | None = None
     final_logit_softcapping: float | None = 15.0
     use_cache: bool = True
@@ -116,6 +121,16 @@ class NanoChatGPTConfig(PreTrainedConfig):
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    # Kept for code written against the field this config had before `rope_parameters`;
+    # transformers' own RoPE code reads `rope_parameters["rope_theta"]`.
+    @property
+    def rope_theta(self) -> float:
+        return (getattr(self, "rope_parameters", None) or {}).get("rope_theta", self.default_theta)
+
+    @rope_theta.setter
+    def rope_theta(self, value: float) -> None:
+        self.rope_parameters = {**(getattr(self, "rope_parameters", None) or {}), "rope_theta": value}
 
     @classmethod
     def from_depth(

@@ -15,6 +15,7 @@ nanochat checkpoints load by name and LoRA targets read like nanochat's code.
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -27,6 +28,7 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils.generic import can_return_tuple
 
@@ -41,11 +43,21 @@ _MASK_CACHE_NAME = "cache" if "cache" in inspect.signature(create_causal_mask).p
 _DEPRECATED_CACHE_NAME = "past_key_values"
 
 
-def _cache_argument(cache: Cache | None, kwargs: dict) -> Cache | None:
-    """The cache a caller passed, under either name (removing the old name from `kwargs`)."""
+def _cache_argument(cache: Cache | None, kwargs: dict, caller: str) -> Cache | None:
+    """The cache a caller passed, under either name (removing the old name from `kwargs`).
+
+    Where the installed transformers reads `cache`, the old name warns as transformers' own
+    models do (FutureWarning); on earlier releases it is the current name and stays silent."""
     old = kwargs.pop(_DEPRECATED_CACHE_NAME, None)
     if old is not None and cache is not None:
         raise ValueError("Pass the KV cache once, as `cache` or `past_key_values`, not both")
+    if old is not None and CACHE_NAME != _DEPRECATED_CACHE_NAME and not torch.compiler.is_compiling():
+        warnings.warn(
+            f"`{_DEPRECATED_CACHE_NAME}` is deprecated and will be removed in version 5.40.0 for `{caller}`. "
+            f"Use `{CACHE_NAME}` instead.",
+            FutureWarning,
+            stacklevel=3,
+        )
     return cache if cache is not None else old
 
 
@@ -54,16 +66,60 @@ def rms_norm(x: torch.Tensor, eps: float | None) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),), eps=eps)
 
 
-def rotary_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
-    """cos/sin of shape (batch, seq, 1, head_dim/2) computed in fp32 from the positions.
+class NanoChatGPTRotaryEmbedding(nn.Module):
+    """cos/sin of the rotary angles, (batch, seq, head_dim/2), from the positions.
 
-    Computing them from position_ids (instead of a cached table) makes packed sequences,
-    left padding and KV-cache offsets all just work, and leaves no non-persistent buffer
-    for `from_pretrained` to lose.
+    transformers' rotary interface (`__init__(config)`, `forward(x, position_ids)`, `inv_freq`),
+    so `config.rope_parameters` can ask for any of transformers' RoPE scaling types
+    (ROPE_INIT_FUNCTIONS; `dynamic_rope_update` grows dynamic/longrope frequencies with the input).
+
+    The "default" type (nanochat's) recomputes its frequencies in fp32 on the positions' device at
+    every call, as this model always has: the `inv_freq` buffer, which a `model.to(bfloat16)` would
+    round and `from_pretrained` leaves to `_init_weights`, is then only for transformers' tooling.
+    Angles are always fp32 (nanochat computes its tables in bf16, which moves logits by ~1e-3).
+    Computing from position_ids (not a cached table) makes packed sequences, left padding and
+    KV-cache offsets all just work.
     """
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float32) / head_dim))
-    angles = position_ids.to(torch.float32)[..., None] * inv_freq
-    return angles.cos().to(dtype)[:, :, None, :], angles.sin().to(dtype)[:, :, None, :]
+
+    inv_freq: torch.Tensor
+
+    def __init__(self, config: NanoChatGPTConfig, device: torch.device | None = None):
+        super().__init__()
+        self.config = config
+        self.rope_type = config.rope_parameters.get("rope_type", "default")
+        self.max_seq_len_cached = self.original_max_seq_len = config.max_position_embeddings
+        if self.rope_type == "default":
+            self.rope_init_fn = self.compute_default_rope_parameters
+        elif self.rope_type in ROPE_INIT_FUNCTIONS:
+            self.rope_init_fn = ROPE_INIT_FUNCTIONS[self.rope_type]
+        else:
+            raise ValueError(
+                f"rope_type {self.rope_type!r} is not one this transformers release implements: "
+                f"use one of {['default', *ROPE_INIT_FUNCTIONS]}"
+            )
+        inv_freq, self.attention_scaling = self.rope_init_fn(config, device)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
+
+    @staticmethod
+    def compute_default_rope_parameters(config: NanoChatGPTConfig, device: torch.device | None = None, **kwargs):
+        """nanochat's frequencies theta^(-2i/head_dim), in fp32; no attention scaling."""
+        head_dim, theta = config.head_dim, config.rope_parameters["rope_theta"]
+        channels = torch.arange(0, head_dim, 2, device=device, dtype=torch.float32)
+        return 1.0 / (theta ** (channels / head_dim)), 1.0
+
+    @torch.no_grad()
+    @dynamic_rope_update
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.rope_type == "default":
+            inv_freq, _ = self.compute_default_rope_parameters(self.config, position_ids.device)
+        else:
+            inv_freq = self.inv_freq.to(device=position_ids.device, dtype=torch.float32)
+        angles = position_ids.to(torch.float32)[..., None] * inv_freq
+        cos, sin = angles.cos(), angles.sin()
+        if self.attention_scaling != 1.0:
+            cos, sin = cos * self.attention_scaling, sin * self.attention_scaling
+        return cos.to(x.dtype), sin.to(x.dtype)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -138,7 +194,7 @@ class NanoChatGPTAttention(nn.Module):
         q = self.c_q(hidden_states).view(b, t, self.num_heads, self.head_dim)
         k = self.c_k(hidden_states).view(b, t, self.num_kv_heads, self.head_dim)
         v = self.c_v(hidden_states).view(b, t, self.num_kv_heads, self.head_dim)
-        cos, sin = cos_sin
+        cos, sin = (c[:, :, None, :] for c in cos_sin)  # broadcast over heads
         # nanochat order: rotary first, then QK norm.
         q = rms_norm(apply_rotary(q, cos, sin), self.config.rms_norm_eps).transpose(1, 2)
         k = rms_norm(apply_rotary(k, cos, sin), self.config.rms_norm_eps).transpose(1, 2)
@@ -201,6 +257,11 @@ class NanoChatGPTPreTrainedModel(PreTrainedModel):
                 # nanochat: std 1/sqrt(fan_in), shrunk further for matrices that narrow the stream.
                 fan_out, fan_in = module.weight.shape
                 init.normal_(module.weight, mean=0.0, std=fan_in**-0.5 * min(1.0, (fan_out / fan_in) ** 0.5))
+        elif isinstance(module, NanoChatGPTRotaryEmbedding):
+            # Non-persistent buffers are not in checkpoints: from_pretrained leaves them to this.
+            inv_freq, _ = module.rope_init_fn(module.config, module.inv_freq.device)
+            init.copy_(module.inv_freq, inv_freq)
+            init.copy_(module.original_inv_freq, inv_freq)
 
 
 class NanoChatGPTModel(NanoChatGPTPreTrainedModel):
@@ -210,6 +271,7 @@ class NanoChatGPTModel(NanoChatGPTPreTrainedModel):
         super().__init__(config)
         self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
         self.h = nn.ModuleList(NanoChatGPTBlock(config, i) for i in range(config.num_hidden_layers))
+        self.rotary_emb = NanoChatGPTRotaryEmbedding(config)
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -232,7 +294,7 @@ class NanoChatGPTModel(NanoChatGPTPreTrainedModel):
         output_attentions: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
-        cache = _cache_argument(cache, kwargs)
+        cache = _cache_argument(cache, kwargs, "NanoChatGPTModel.forward")
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
         if output_hidden_states is None:
@@ -265,7 +327,7 @@ class NanoChatGPTModel(NanoChatGPTPreTrainedModel):
             position_ids=position_ids,
             **{_MASK_CACHE_NAME: None if fresh_cache else cache},
         )
-        cos_sin = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, inputs_embeds.dtype)
+        cos_sin = self.rotary_emb(inputs_embeds, position_ids)
 
         hidden = rms_norm(inputs_embeds, self.config.rms_norm_eps)
         all_hidden = (hidden,) if output_hidden_states else None
@@ -372,7 +434,7 @@ class NanoChatGPTForCausalLM(NanoChatGPTPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=_cache_argument(cache, kwargs),
+            cache=_cache_argument(cache, kwargs, "NanoChatGPTForCausalLM.forward"),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,

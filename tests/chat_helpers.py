@@ -62,14 +62,14 @@ class ScriptedModel(nn.Module):
     def device(self) -> torch.device:
         return self.inner.device
 
-    def forward(self, input_ids, past_key_values=None, **kwargs):
-        if past_key_values is None or past_key_values.get_seq_length() == 0:
+    def forward(self, input_ids, cache=None, **kwargs):
+        if cache is None or cache.get_seq_length() == 0:
             self.prompt_len = input_ids.shape[1]
             self.fed = []
         else:
             self.fed.append(input_ids[:, -1].tolist())
-        out = self.inner(input_ids=input_ids, past_key_values=past_key_values, **kwargs)
-        step = past_key_values.get_seq_length() - self.prompt_len
+        out = self.inner(input_ids=input_ids, cache=cache, **kwargs)
+        step = cache.get_seq_length() - self.prompt_len
         token = self.script[step] if step < len(self.script) else self.end_id
         logits = torch.full_like(out.logits, -1e4)
         logits[:, -1, token] = 0.0

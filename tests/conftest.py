@@ -14,3 +14,13 @@ import torch
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# Marks transformers' common model tests (tests/test_transformers_common.py) put on their tests.
+TRANSFORMERS_TEST_MARKS = ("accelerate_tests", "flash_attn_test", "flash_attn_3_test", "flash_attn_4_test",
+                           "torch_compile_test", "torch_export_test", "is_training_test", "generate")
+
+
+def pytest_configure(config):
+    for mark in TRANSFORMERS_TEST_MARKS:
+        config.addinivalue_line("markers", f"{mark}: transformers' own test mark")

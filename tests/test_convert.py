@@ -68,6 +68,23 @@ def test_from_transformers_same_logits_and_greedy_tokens():
     assert torch.equal(greedy(theirs, x[:1, :8]), greedy(ours, x[:1, :8]))
 
 
+@pytest.mark.parametrize("rope", [{"rope_type": "linear", "factor": 4.0}, {"rope_type": "yarn", "factor": 2.0}])
+def test_rope_scaling_converts_both_ways(rope):
+    # both rotaries build their frequencies from rope_parameters with transformers' functions
+    ours = random_model(rope_parameters={**rope, "rope_theta": 5000.0})
+    theirs = to_transformers(ours)
+    back = from_transformers(theirs)
+    assert theirs.config.rope_parameters["rope_type"] == back.config.rope_parameters["rope_type"] == rope["rope_type"]
+    x = torch.randint(0, VOCAB, (1, 100), generator=torch.Generator().manual_seed(2))  # past 64 positions
+    with torch.no_grad():
+        a, b, c = ours(x).logits, theirs(x).logits, back(x).logits
+        plain = random_model()
+        plain.load_state_dict(ours.state_dict())
+        assert not torch.allclose(plain(x).logits, a, atol=1e-3)  # the scaling is in effect
+    torch.testing.assert_close(b, a, atol=1e-4, rtol=0)
+    assert torch.equal(c, a)
+
+
 def test_round_trip_is_exact():
     ours = random_model()
     back = from_transformers(to_transformers(ours))

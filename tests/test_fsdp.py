@@ -90,10 +90,26 @@ def final_weights(run: Path) -> dict:
     return load_file(run / "model" / "model.safetensors")
 
 
-def assert_weights_close(a: dict, b: dict) -> None:
+def assert_weights_close(a: dict, b: dict, atol: dict | None = None) -> None:
+    """Every tensor within rtol=atol=1e-5, or within the absolute tolerance `atol` gives its name."""
     assert sorted(a) == sorted(b)
     for k in a:
-        assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-5), (k, (a[k] - b[k]).abs().max().item())
+        tol = (atol or {}).get(k, 1e-5)
+        assert torch.allclose(a[k], b[k], rtol=1e-5, atol=tol), (k, (a[k] - b[k]).abs().max().item())
+
+
+# FSDP2 vs DDP is not bitwise: the gradient-clipping norm differs in the last bits. DDP takes
+# each parameter's norm over the whole tensor; FSDP2 (DTensor) sums the squares of each rank's
+# shard and all-reduces them, another fp32 summation order: at step 1 the norms are 1.3887412548
+# (DDP) and 1.3887426853 (FSDP2), 1.0e-6 apart relatively, and both are > 1, so every gradient is
+# scaled by a coefficient that differs by that much. Muon normalises its update, so the block
+# matrices end within 3e-7; the embedding's AdamW (eps 1e-10, lr 0.49 at this width) does not for
+# the rows of rare tokens whose averaged gradient nearly cancels, which ends up to 2.5e-5 apart
+# after 8 steps (measured 2.47e-5, the same under transformers 5.23 and 5.24, torch 2.13,
+# accelerate 1.15). The same two runs with --grad_clip=0 end bitwise equal (every weight and loss),
+# so nothing else in the sharded path differs. A real sharding bug (a missing average, a lost
+# shard) moves weights by ~lr, > 1e-2.
+DDP_VS_FSDP_ATOL = {"transformer.wte.weight": 1e-4}
 
 
 def resume_copy(src: Path, dst: Path, step: int) -> None:
@@ -127,7 +143,7 @@ def test_fsdp_shards_parameters_checkpoints_blocks_and_equals_ddp(runs):
     for a, b in zip(losses(root / "fsdp"), losses(root / "ddp"), strict=True):
         assert abs(a - b) <= 1e-5
     assert losses(root / "fsdp")[-1] < 0.5 * losses(root / "fsdp")[0]
-    assert_weights_close(final_weights(root / "fsdp"), final_weights(root / "ddp"))
+    assert_weights_close(final_weights(root / "fsdp"), final_weights(root / "ddp"), atol=DDP_VS_FSDP_ATOL)
     # the sharded training state is DCP shards; the export is one consolidated, plain checkpoint
     state = root / "fsdp/checkpoints/step_000008/state"
     assert (state / "pytorch_model_fsdp_0").is_dir() and (state / "optimizer_0").is_dir()

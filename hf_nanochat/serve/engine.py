@@ -11,6 +11,7 @@ to drop finished ones) and the Temperature/TopK/TopP logits warpers.
 from __future__ import annotations
 
 import codecs
+import inspect
 import re
 from collections import deque
 from collections.abc import Iterator
@@ -92,6 +93,13 @@ def load_chat_model(
     model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype).to(device).eval()
     tokenizer = load_tokenizer(name_or_path)
     return model, tokenizer
+
+
+def cache_keyword(model: PreTrainedModel) -> str:
+    """The keyword the model's forward takes its KV cache under: `cache` (transformers >= 5.24
+    models, and ours on every release) or `past_key_values` (model files written before 5.24, as
+    an older checkpoint's remote code may be); passing the other name would decode without it."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 @dataclass
@@ -190,7 +198,8 @@ class Engine:
         # Prefill once, then give every sample its own copy of the prompt's keys and values.
         cache = DynamicCache(config=model.config)
         prompt = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-        logits = model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        cache_kw = cache_keyword(model)
+        logits = model(input_ids=prompt, **{cache_kw: cache}, use_cache=True, logits_to_keep=1).logits[:, -1]
         if num_samples > 1:
             cache.batch_repeat_interleave(num_samples)
             logits = logits.expand(num_samples, -1)
@@ -216,7 +225,7 @@ class Engine:
                 cache.batch_select_indices(torch.tensor(keep_rows, device=device))
             running = [e.sample for e in emitted]
             next_ids = torch.tensor([[e.token] for e in emitted], dtype=torch.long, device=device)
-            logits = model(input_ids=next_ids, past_key_values=cache, use_cache=True).logits[:, -1]
+            logits = model(input_ids=next_ids, **{cache_kw: cache}, use_cache=True).logits[:, -1]
 
     def _track_tool(self, state: _Sample, token: int) -> str | None:
         """Collect python blocks; on `<|python_end|>` queue the calculator's answer. Returns the

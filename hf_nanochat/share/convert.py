@@ -98,7 +98,7 @@ def to_transformers_config(config: NanoChatGPTConfig) -> NanoChatConfig:
         hidden_act="relu2",
         attention_bias=False,
         rms_norm_eps=_DTYPE_EPS if config.rms_norm_eps is None else config.rms_norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
+        rope_parameters=dict(config.rope_parameters),  # both rotaries take transformers' RoPE types
         final_logit_softcapping=config.final_logit_softcapping,
         bos_token_id=config.bos_token_id,
         eos_token_id=config.eos_token_id,
@@ -114,9 +114,6 @@ def from_transformers_config(config: NanoChatConfig) -> NanoChatGPTConfig:
         unsupported.append(f"hidden_act={config.hidden_act!r} (ours is relu2)")
     if config.attention_bias:
         unsupported.append("attention_bias=True (ours has no biases)")
-    rope = config.rope_parameters or {}
-    if rope.get("rope_type", "default") != "default":
-        unsupported.append(f"rope_type={rope['rope_type']!r} (ours is plain rotary)")
     head_dim = getattr(config, "head_dim", None)
     if head_dim is not None and head_dim != config.hidden_size // config.num_attention_heads:
         unsupported.append(f"head_dim={head_dim} != hidden_size/num_attention_heads")
@@ -131,7 +128,7 @@ def from_transformers_config(config: NanoChatConfig) -> NanoChatGPTConfig:
         num_key_value_heads=config.num_key_value_heads,
         intermediate_size=config.intermediate_size,
         max_position_embeddings=config.max_position_embeddings,
-        rope_theta=rope.get("rope_theta", 10000.0),
+        rope_parameters=dict(config.rope_parameters or {"rope_type": "default", "rope_theta": 10000.0}),
         rms_norm_eps=None if eps == _DTYPE_EPS else eps,
         final_logit_softcapping=config.final_logit_softcapping,
         bos_token_id=config.bos_token_id,
