@@ -8,6 +8,7 @@ from chat_helpers import randomise_zero_initialised
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, DynamicCache
 
 from hf_nanochat import NanoChatGPTConfig, NanoChatGPTForCausalLM, NanoChatGPTModel
+from hf_nanochat.modeling.modeling_nanochat_gpt import CACHE_NAME
 
 VOCAB = 256
 
@@ -236,10 +237,10 @@ def test_kv_cache_decoding_equals_full_forward(kv_heads):
     idx = torch.randint(0, VOCAB, (2, 16))
     full = model(idx).logits
     cache = DynamicCache(config=model.config)
-    prefill = model(idx[:, :10], past_key_values=cache, use_cache=True)
+    prefill = model(idx[:, :10], use_cache=True, **{CACHE_NAME: cache})
     steps = [prefill.logits]
     for t in range(10, 16):
-        steps.append(model(idx[:, t : t + 1], past_key_values=prefill.past_key_values, use_cache=True).logits)
+        steps.append(model(idx[:, t : t + 1], use_cache=True, **{CACHE_NAME: getattr(prefill, CACHE_NAME)}).logits)
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
 
 
