@@ -311,3 +311,43 @@ def test_two_processes_give_the_same_results(tok, bundle, tmp_path):
         for label, r in single["tasks"].items():
             assert {k: multi["tasks"][label][k] for k in ("accuracy", "correct", "total", "centred", "tokens_forwarded")} == \
                    {k: r[k] for k in ("accuracy", "correct", "total", "centred", "tokens_forwarded")}, label
+
+
+# ------------------------------------------------------------------- report card and model card
+
+
+def _core_results(tok, bundle):
+    return core.evaluate_core(RepeatModel(len(tok)), tok, bundle, progress=False)
+
+
+def test_model_card_shows_the_core_table(tok, bundle, tmp_path):
+    from hf_nanochat.share.hub import build_upload_folder
+    from trained_folder import make_trained_folder
+
+    folder = make_trained_folder(tmp_path / "model")
+    results = _core_results(tok, bundle)
+    core.write_results(results, folder / "core_eval.json", folder / "core_eval.md", "CORE")
+    out = build_upload_folder(folder, tmp_path / "upload", "someone/nanochat-d2")
+    card = (out / "README.md").read_text()
+    assert "## CORE (DCLM, nanochat's base-model metric)" in card
+    assert f"| **CORE** | | | | | **{results['core']:.4f}** |" in card
+    assert json.loads((out / "core_eval.json").read_text()) == results
+
+
+def test_report_card_states_core_or_smoke(tok, bundle, tmp_path):
+    from hf_nanochat.speedrun.report import write_report
+    from trained_folder import make_trained_folder
+
+    out = tmp_path / "run"
+    make_trained_folder(out / "base" / "model")
+    (out / "base" / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": s, "loss": 5.0 - s, "tokens": 1000 * s, "tokens_per_s": 100.0}) + "\n" for s in (1, 2)))
+    results = _core_results(tok, bundle)
+    core.write_results(results, out / "base" / "model" / "core_eval.json", out / "base" / "model" / "core_eval.md", "CORE")
+    md, js = write_report(out)
+    assert json.loads(js.read_text())["base"]["core"]["score"] == results["core"]
+    assert f"- CORE: {results['core']:.4f} (partial: 7 tasks or capped examples; GPT-2 XL 0.2565" in md.read_text()
+    results["smoke_bundle"] = True
+    core.write_results(results, out / "base" / "model" / "core_eval.json", out / "base" / "model" / "core_eval.md", "smoke")
+    md, _ = write_report(out)
+    assert f"- offline smoke score (synthetic bundle, NOT CORE): {results['core']:.4f} over 7 tasks" in md.read_text()
