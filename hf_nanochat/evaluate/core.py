@@ -389,7 +389,7 @@ def evaluate_task(model, tokenizer, task: CoreTask, data: list[dict], accelerato
     mine = [prepare_example(task, data, i, encode, bos, max_len) for i in range(rank, len(data), world)]
     correct = torch.zeros(len(data), dtype=torch.float32, device=device)
     tokens = torch.zeros(1, dtype=torch.float64, device=device)
-    bar = tqdm(total=len(mine), desc=task.label, leave=False, disable=not (progress and rank == 0), file=sys.stdout)
+    bar = tqdm(total=len(mine), desc=task.label, mininterval=2.0, disable=not (progress and rank == 0), file=sys.stdout)
     for group in _groups(mine, batch_tokens):
         for ex, ok in zip(group, score(model, group, bos, model_device)):
             correct[ex.index] = float(ok)
