@@ -351,3 +351,55 @@ def test_report_card_states_core_or_smoke(tok, bundle, tmp_path):
     core.write_results(results, out / "base" / "model" / "core_eval.json", out / "base" / "model" / "core_eval.md", "smoke")
     md, _ = write_report(out)
     assert f"- offline smoke score (synthetic bundle, NOT CORE): {results['core']:.4f} over 7 tasks" in md.read_text()
+
+
+# ----------------------------------------------------------------------- other causal LMs (GPT-2)
+
+
+def _gpt2_style_tokenizer():
+    """A byte-level tokenizer whose only special token is GPT-2's <|endoftext|> (no <|bos|>)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    backend = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(["<|endoftext|>"])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>")
+
+
+def test_gpt2_is_cropped_to_its_positions_and_matches_a_reference(bundle):
+    import torch
+    from types import SimpleNamespace
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = _gpt2_style_tokenizer()
+    assert core.bos_token_id(tok) == tok.convert_tokens_to_ids("<|endoftext|>") == 256
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=48, n_embd=32, n_layer=1, n_head=2)).eval()
+    assert core.default_max_len(model) == 48
+    assert core.default_max_len(SimpleNamespace(config=SimpleNamespace(model_type="nanochat", max_position_embeddings=2048))) is None
+    results = core.evaluate_core(model, tok, bundle, max_len=48, batch_tokens=2048, progress=False)
+    assert results["max_len"] == 48
+    # reference: the same cropped rows one at a time (the few-shot tasks' prompts exceed 48 tokens)
+    from hf_nanochat.data.tokenizer import encode_plain
+
+    longest = 0
+    for task in bundle.tasks:
+        data, correct = bundle.rows(task), 0
+        for i in range(len(data)):
+            ex = core.prepare_example(task, data, i, lambda t: encode_plain(tok, t), 256, 48)
+            scores = []
+            for row, s, e in zip(ex.rows, ex.starts, ex.ends):
+                longest = max(longest, len(row))
+                with torch.no_grad():
+                    logits = model(input_ids=torch.tensor([row])).logits[0]
+                if task.task_type == "language_modeling":
+                    scores.append(bool((logits[s - 1 : e - 1].argmax(-1) == torch.tensor(row[s:e])).all()))
+                else:
+                    scores.append(torch.nn.functional.cross_entropy(logits[s - 1 : e - 1], torch.tensor(row[s:e])).item())
+            correct += scores[0] if task.task_type == "language_modeling" else scores.index(min(scores)) == ex.gold
+        assert results["tasks"][task.label]["correct"] == correct, task.label
+    assert longest == 48  # some prompts were cropped

@@ -2,8 +2,9 @@
 
 nanochat states every base model's quality as CORE (DCLM, arXiv 2406.11794): 22 in-context tasks,
 each task's accuracy centred on its random baseline, averaged (GPT-2 XL: 0.2565, nanochat's
-Nov 2025 d20: 0.2219). The facts below match karpathy/nanochat `nanochat/core_eval.py` and
-`scripts/base_eval.py` (commit de6eac2; unchanged in `evals/core.py` at 437943b):
+Nov 2025 d20: 0.2219). The facts below match karpathy/nanochat `nanochat/core_eval.py` (at 11493e2)
+and `scripts/base_eval.py` (at de6eac2); `evals/core.py` (at 437943b) keeps the same rules and adds
+the bundle URL and the few-shot clamp for tiny max_per_task:
 
 * bundle: `core.yaml` (`icl_tasks`: label, dataset_uri, num_fewshot (a list; the first is
   used), icl_task_type, continuation_delimiter default " "), `eval_meta_data.csv` (`Eval Task`,
@@ -338,7 +339,8 @@ def default_max_len(model) -> int | None:
     declared maximum. Our rotary model computes angles for any length and, like nanochat's own
     model, is never cropped."""
     config = getattr(model, "config", None)
-    if config is None or getattr(config, "model_type", None) == "nanochat_gpt":
+    # ours and transformers' port of nanochat ("nanochat"): rotary angles for any length
+    if config is None or getattr(config, "model_type", None) in ("nanochat_gpt", "nanochat"):
         return None
     for name in ("n_positions", "max_position_embeddings"):
         value = getattr(config, name, None)
@@ -410,6 +412,7 @@ def evaluate_core(model, tokenizer, bundle: Bundle, max_per_task: int | None = N
                   progress: bool = True) -> dict[str, Any]:
     """Every task of the bundle (or `tasks`), then CORE = the mean centred accuracy. All ranks
     must call this; every rank returns the same numbers."""
+    max_per_task = max_per_task if max_per_task and max_per_task > 0 else None  # nanochat's -1 = all
     chosen = list(bundle.tasks)
     if tasks is not None:
         unknown = sorted(set(tasks) - {t.label for t in chosen})
@@ -488,7 +491,8 @@ def run(args: argparse.Namespace) -> int:
     results = evaluate_core(model, tokenizer, bundle, args.max_per_task, accelerator, max_len, args.batch_tokens, tasks)
     results["model"] = args.model
     if accelerator.is_main_process:
-        out = Path(args.out) if args.out else (Path(args.model) / "core_eval.json" if Path(args.model).is_dir() else Path("core_eval.json"))
+        slug = args.model.replace("/", "--")  # a Hub id: ./core_eval_<owner>--<name>.json
+        out = Path(args.out) if args.out else (Path(args.model) / "core_eval.json" if Path(args.model).is_dir() else Path(f"core_eval_{slug}.json"))
         md = Path(args.markdown) if args.markdown else out.with_suffix(".md")
         title = f"{'Offline smoke bundle (not CORE)' if bundle.smoke else 'CORE (DCLM)'}: {args.model}"
         print(write_results(results, out, md, title))
