@@ -478,17 +478,25 @@ def write_results(results: dict[str, Any], out_json: Path, out_md: Path, title: 
 
 def run(args: argparse.Namespace) -> int:
     """`hf-nanochat eval MODEL --kind core`: load, evaluate on all ranks, write from rank 0."""
+    import contextlib
+
     from accelerate import Accelerator
 
-    from hf_nanochat.serve.engine import load_chat_model
+    from hf_nanochat.serve.engine import default_dtype, load_chat_model
 
     accelerator = Accelerator(cpu=args.device == "cpu")
     with accelerator.main_process_first():  # rank 0 downloads or writes the bundle, the others then read it
         bundle = load_bundle(resolve_bundle(args.bundle))
-    model, tokenizer = load_chat_model(args.model, device=args.device or accelerator.device)
+    device = torch.device(args.device) if args.device else accelerator.device
+    # nanochat's base_eval.py: fp32 weights under bf16 autocast on GPUs (fp16 where bf16 is missing)
+    model, tokenizer = load_chat_model(args.model, device=device, dtype=torch.float32)
+    amp = default_dtype(device)
+    autocast = torch.autocast(device.type, dtype=amp) if amp != torch.float32 else contextlib.nullcontext()
     max_len = default_max_len(model) if args.max_seq_len is None else (args.max_seq_len or None)
     tasks = args.tasks.split(",") if args.tasks else None
-    results = evaluate_core(model, tokenizer, bundle, args.max_per_task, accelerator, max_len, args.batch_tokens, tasks)
+    with autocast:
+        results = evaluate_core(model, tokenizer, bundle, args.max_per_task, accelerator, max_len, args.batch_tokens, tasks)
+    results["precision"] = f"fp32 weights, {str(amp).removeprefix('torch.')} autocast" if amp != torch.float32 else "fp32"
     results["model"] = args.model
     if accelerator.is_main_process:
         slug = args.model.replace("/", "--")  # a Hub id: ./core_eval_<owner>--<name>.json
