@@ -46,6 +46,7 @@ import torch.nn.functional as F
 # nanochat's download location (evals/core.py EVAL_BUNDLE_URL): a zip holding `eval_bundle/`.
 EVAL_BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
 TASK_TYPES = ("multiple_choice", "schema", "language_modeling")
+PREPARE_WINDOW = 1024  # examples rendered and tokenized at once (memory stays bounded on 10k-row tasks)
 SMOKE_MARKER = "OFFLINE_SMOKE_BUNDLE"  # present only in bundles written by write_smoke_bundle
 SMOKE_BUNDLE = "offline-smoke"  # the `--bundle` value that asks for the offline smoke bundle
 # The 22 tasks of nanochat's core.yaml, so a result can say whether it is the full metric.
@@ -292,18 +293,30 @@ def bos_token_id(tokenizer) -> int:
     raise ValueError("the tokenizer has no <|bos|>, <|endoftext|> or bos_token: CORE prompts start with BOS")
 
 
+def prepare_examples(task: CoreTask, data: Sequence[dict], indices: Sequence[int],
+                     encode: Callable[[list[str]], list[list[int]]], bos: int, max_len: int | None) -> list[Prepared]:
+    """Render, tokenize (all prompts of all `indices` in one batch call) and find the spans."""
+    rendered = []
+    for idx in indices:
+        item = data[idx]
+        try:
+            rendered.append(RENDERERS[task.task_type](item, task.continuation_delimiter, fewshot_examples(data, idx, task.num_fewshot)))
+        except (KeyError, IndexError, TypeError) as err:
+            raise ValueError(f"CORE task {task.label!r}: a row lacks a {task.task_type} field or has a bad gold index "
+                             f"({type(err).__name__}: {err}); row {idx} after shuffling: {str(item)[:200]}") from err
+    flat = iter(encode([p for prompts in rendered for p in prompts]))
+    out = []
+    for idx, prompts in zip(indices, rendered):
+        tokens = [[bos, *next(flat)] for _ in prompts]
+        rows, starts, ends = crop(*scoring_spans(task.task_type, tokens), max_len)
+        gold = None if task.task_type == "language_modeling" else int(data[idx]["gold"])
+        out.append(Prepared(idx, task.task_type, rows, starts, ends, gold))
+    return out
+
+
 def prepare_example(task: CoreTask, data: Sequence[dict], idx: int, encode: Callable[[list[str]], list[list[int]]],
                     bos: int, max_len: int | None) -> Prepared:
-    item = data[idx]
-    try:
-        prompts = RENDERERS[task.task_type](item, task.continuation_delimiter, fewshot_examples(data, idx, task.num_fewshot))
-    except (KeyError, IndexError, TypeError) as err:
-        raise ValueError(f"CORE task {task.label!r}: a row lacks a {task.task_type} field or has a bad gold index "
-                         f"({type(err).__name__}: {err}); row {idx} after shuffling: {str(item)[:200]}") from err
-    tokens = [[bos, *ids] for ids in encode(prompts)]
-    rows, starts, ends = crop(*scoring_spans(task.task_type, tokens), max_len)
-    gold = None if task.task_type == "language_modeling" else int(item["gold"])
-    return Prepared(idx, task.task_type, rows, starts, ends, gold)
+    return prepare_examples(task, data, [idx], encode, bos, max_len)[0]
 
 
 @torch.no_grad()
@@ -311,26 +324,39 @@ def score(model, examples: Sequence[Prepared], pad_id: int, device) -> list[bool
     """Forward every row of `examples` as one right-padded batch; return each example's correctness.
 
     Padding sits after every scored position and attention is causal, so it is never read
-    (nanochat pads with BOS the same way, without an attention mask)."""
+    (nanochat pads with BOS the same way, without an attention mask). Only the scored positions'
+    logits are kept, and all spans are reduced at once with one copy back to the host."""
     rows = [row for ex in examples for row in ex.rows]
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     for i, row in enumerate(rows):
         ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-    logits = model(input_ids=ids.to(device), use_cache=False).logits
-    results, r = [], 0
+    row_idx, pos_idx, span_idx = [], [], []  # position t predicts token t + 1: span [s, e) is read at s-1 .. e-2
+    spans = [(s, e) for ex in examples for s, e in zip(ex.starts, ex.ends)]
+    for k, (s, e) in enumerate(spans):
+        row_idx += [k] * (e - s)
+        pos_idx += range(s - 1, e - 1)
+        span_idx += [k] * (e - s)
+    ids = ids.to(device)
+    logits = model(input_ids=ids, use_cache=False).logits
+    r, p, k = (torch.tensor(x, dtype=torch.long, device=device) for x in (row_idx, pos_idx, span_idx))
+    picked = logits[r, p].float()
+    targets = ids[r, p + 1]
+    losses = F.cross_entropy(picked, targets, reduction="none")
+    misses = (picked.argmax(dim=-1) != targets).float()
+    n = len(spans)
+    counts = torch.bincount(k, minlength=n).float()
+    mean_loss = torch.zeros(n, device=device).index_add_(0, k, losses) / counts  # an empty span: nan, as nanochat
+    all_hit = torch.zeros(n, device=device).index_add_(0, k, misses) == 0
+    mean_loss, all_hit = mean_loss.tolist(), all_hit.tolist()
+    results, j = [], 0
     for ex in examples:
-        if ex.task_type == "language_modeling":
-            s, e = ex.starts[0], ex.ends[0]
-            predicted = logits[r, s - 1 : e - 1].argmax(dim=-1).cpu()  # position t predicts token t + 1
-            results.append(bool(torch.equal(predicted, ids[r, s:e])))
+        if ex.task_type == "language_modeling":  # greedy argmax reproduces every continuation token
+            results.append(bool(all_hit[j]))
         else:
-            means = []
-            for k, (s, e) in enumerate(zip(ex.starts, ex.ends)):
-                span = logits[r + k, s - 1 : e - 1].float()
-                means.append(F.cross_entropy(span, ids[r + k, s:e].to(span.device), reduction="none").mean().item())
-            results.append(means.index(min(means)) == ex.gold)  # ties: the first, as nanochat
-        r += len(ex.rows)
+            means = mean_loss[j : j + len(ex.rows)]
+            results.append(means.index(min(means)) == ex.gold)  # lowest mean cross-entropy; ties: the first, as nanochat
+        j += len(ex.rows)
     return results
 
 
@@ -388,16 +414,20 @@ def evaluate_task(model, tokenizer, task: CoreTask, data: list[dict], accelerato
     device = accelerator.device if accelerator else model_device  # where the cross-rank sums live
     bos = bos_token_id(tokenizer)
     encode = lambda texts: encode_plain(tokenizer, texts)  # noqa: E731  (special-token text stays text)
-    mine = [prepare_example(task, data, i, encode, bos, max_len) for i in range(rank, len(data), world)]
-    correct = torch.zeros(len(data), dtype=torch.float32, device=device)
-    tokens = torch.zeros(1, dtype=torch.float64, device=device)
+    mine = list(range(rank, len(data), world))
+    correct, tokens = [0.0] * len(data), 0
     bar = tqdm(total=len(mine), desc=task.label, mininterval=2.0, disable=not (progress and rank == 0), file=sys.stdout)
-    for group in _groups(mine, batch_tokens):
-        for ex, ok in zip(group, score(model, group, bos, model_device)):
-            correct[ex.index] = float(ok)
-        tokens += sum(len(r) for ex in group for r in ex.rows)  # real tokens, not padding: the same for any grouping
-        bar.update(len(group))
+    # A window of examples at a time: tokenized in one call, packed by length, never all in memory.
+    for w in range(0, len(mine), PREPARE_WINDOW):
+        prepared = prepare_examples(task, data, mine[w : w + PREPARE_WINDOW], encode, bos, max_len)
+        for group in _groups(prepared, batch_tokens):
+            for ex, ok in zip(group, score(model, group, bos, model_device)):
+                correct[ex.index] = float(ok)
+            tokens += sum(len(r) for ex in group for r in ex.rows)  # real tokens, not padding: the same for any grouping
+            bar.update(len(group))
     bar.close()
+    correct = torch.tensor(correct, dtype=torch.float32, device=device)
+    tokens = torch.tensor([tokens], dtype=torch.float64, device=device)
     if world > 1:
         correct, tokens = accelerator.reduce(correct, reduction="sum"), accelerator.reduce(tokens, reduction="sum")
     n_correct = int(correct.sum().item())
@@ -594,6 +624,6 @@ def write_smoke_bundle(out: str | os.PathLike, rows_per_task: int = 64, seed: in
 __all__ = [
     "Bundle", "CoreTask", "EVAL_BUNDLE_URL", "Prepared", "centred", "common_length", "crop", "default_max_len",
     "download_bundle", "evaluate_core", "evaluate_task", "fewshot_examples", "load_bundle", "markdown_table",
-    "prepare_example", "render_language_modeling", "render_multiple_choice", "render_schema", "resolve_bundle",
+    "prepare_example", "prepare_examples", "render_language_modeling", "render_multiple_choice", "render_schema", "resolve_bundle",
     "score", "scoring_spans", "write_results", "write_smoke_bundle",
 ]

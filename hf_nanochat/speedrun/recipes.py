@@ -44,6 +44,7 @@ RECIPES: dict[str, Recipe] = {
     "p100": Recipe(
         "d12 in fp16 on one 16 GB P100 (the seed guide's speedrun_p100.sh)",
         "p100.yaml", "d12_p100.yaml", "mid.yaml", "sft.yaml", gpu="P100", dollars_per_hour=1.5,
+        core_max_per_task=500,  # full CORE is ~3.5 h on a P100 (FLOPs estimate); 500/task (nanochat's -x) ~1/8 of it
     ),
     "single_gpu": Recipe(
         "d20 (561M) in bf16 on one A100/H100 80 GB", "single_gpu.yaml", "d20.yaml", "mid.yaml", "sft.yaml",
