@@ -20,7 +20,8 @@ the bundle URL and the few-shot clamp for tiny max_per_task:
 
 Where we differ, on purpose: prompts are tokenized with special-token strings read as plain text
 (nanochat's HF wrapper would turn a literal `<|endoftext|>` in a row into the special token);
-several examples can share one forward (`batch_tokens`), which changes nothing but speed;
+several examples can share one forward (`batch_tokens`) and only the scored positions' losses
+are computed (the same numbers as nanochat's full-row cross-entropy, sliced), which changes only speed;
 examples are shared over ranks with Accelerate instead of raw torch.distributed.
 """
 from __future__ import annotations
