@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("hf_nanochat.share.convert", "convert weights: to/from transformers' built-in nanochat, from a nanochat checkpoint"),
     "push": ("hf_nanochat.share.hub", "upload a model folder to the Hugging Face Hub with a model card"),
     "chat": ("hf_nanochat.serve.chat", "chat with a model: interactive terminal, one-shot -p, or --web for the Gradio app"),
-    "eval": ("hf_nanochat.evaluate.chat_eval", "evaluate a model: base (val bpb) or chat (ARC, MMLU, GSM8K, HumanEval, spelling, ChatCORE)"),
+    "eval": ("hf_nanochat.evaluate.chat_eval", "evaluate a model: base (val bpb), core (DCLM CORE) or chat (ARC, MMLU, GSM8K, HumanEval, spelling, ChatCORE)"),
     "merge": ("hf_nanochat.share.merge", "merge a LoRA adapter folder into its base model: merge ADAPTER_DIR OUT"),
     "tokenizer": ("hf_nanochat.data.tokenizer_cli", "train nanochat's BPE tokenizer, or print its bytes-per-token table"),
     "memory": ("hf_nanochat.train.memory_cli", "per-device memory of a training recipe: does it fit, largest device batch"),

@@ -87,6 +87,9 @@ def test_report_numbers_come_from_the_run(run):
     assert base["tokens"] == metrics[-1]["tokens"]
     assert base["final_loss"] == metrics[-1]["loss"] < metrics[0]["loss"]
     assert base["val_bpb"] == json.loads((out / "eval_base.json").read_text())["val_bpb"]
+    core_eval = json.loads((out / "base" / "model" / "core_eval.json").read_text())  # offline: the smoke bundle
+    assert base["core"]["score"] == core_eval["core"] and core_eval["smoke_bundle"]
+    assert all(t["total"] == 16 for t in core_eval["tasks"].values())  # the recipe's --max-per-task
     config = json.loads((out / "base" / "model" / "config.json").read_text())
     assert base["depth"] == config["num_hidden_layers"] and base["vocab_size"] == config["vocab_size"]
     for stage in ("mid", "sft"):
@@ -97,6 +100,7 @@ def test_report_numbers_come_from_the_run(run):
     assert report["chat_samples"] and all(s["reply"] for s in report["chat_samples"])
     md = (out / "report.md").read_text()
     assert f"{base['params']:,}" in md and "ChatCORE" in md and "report_loss.png" in md
+    assert f"offline smoke score (synthetic bundle, NOT CORE): {core_eval['core']:.4f}" in md
     png = (out / "report_loss.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     # The final model folder carries the report, so the Hub card embeds it.
@@ -106,7 +110,7 @@ def test_report_numbers_come_from_the_run(run):
 def test_every_recipe_plans_without_running(tmp_path):
     for name, recipe in RECIPES.items():
         stages = build_stages(recipe, tmp_path / name, CONFIG_DIRS["launch"] / recipe.launch_config)
-        assert [s.name for s in stages] == ["tokenizer", "base", "base_eval", "mid", "mid_eval", "sft", "sft_eval"]
+        assert [s.name for s in stages] == ["tokenizer", "base", "base_eval", "core_eval", "mid", "mid_eval", "sft", "sft_eval"]
         out = subprocess.run(
             [sys.executable, "-m", "hf_nanochat.cli", "speedrun", name, "--dry-run", "--output", str(tmp_path / name)],
             capture_output=True, text=True, check=True,

@@ -1,6 +1,7 @@
 """`hf-nanochat eval`: nanochat's evaluations of a base or chat model.
 
-Base model: validation bits per byte on the pretraining data's val split.
+Base model: validation bits per byte on the pretraining data's val split, or DCLM CORE
+(`--kind core`, in hf_nanochat.evaluate.core).
 Chat model (nanochat's ChatCORE tasks):
   * ARC-Easy, ARC-Challenge, MMLU - multiple choice scored without sampling: the prompt ends in
     `<|assistant_start|>` and the prediction is the answer letter with the highest logit there
@@ -230,8 +231,9 @@ def markdown_table(results: dict[str, Any], title: str) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="save_pretrained folder or Hub id")
-    parser.add_argument("--kind", choices=["chat", "base"], default="chat", help="chat: ChatCORE tasks; base: validation bpb")
-    parser.add_argument("--tasks", default=None, help=f"comma-separated subset of {','.join(TASKS)} (default: all)")
+    parser.add_argument("--kind", choices=["chat", "base", "core"], default="chat",
+                        help="chat: ChatCORE tasks; base: validation bpb; core: DCLM CORE, nanochat's base-model metric")
+    parser.add_argument("--tasks", default=None, help=f"comma-separated subset of {','.join(TASKS)} (core: of the bundle's tasks; default: all)")
     parser.add_argument("--data", action="append", default=[], metavar="TASK=PATH", help="read a task from a local file/folder instead of the Hub (repeatable)")
     parser.add_argument("--max-problems", type=int, default=None, help="evaluate the first N problems of each task")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -242,12 +244,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", default=None, help="base: pretraining data source (default: pretraining's default)")
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--max-batches", type=int, default=None, help="base: val batches to read (default: the whole val split)")
+    parser.add_argument("--bundle", default=None, help="core: the unzipped eval_bundle folder; 'offline-smoke' for the "
+                        "synthetic offline smoke bundle (not CORE); default: nanochat's bundle, downloaded once into the cache")
+    parser.add_argument("--max-per-task", type=int, default=None, help="core: the first N examples of each shuffled task (as nanochat's -x)")
+    parser.add_argument("--batch-tokens", type=int, default=16384, help="core: pack examples into forwards of up to N padded tokens (0: one example per forward)")
+    parser.add_argument("--max-seq-len", type=int, default=None, help="core: crop prompts to their last N tokens (default: the "
+                        "model's position table, e.g. GPT-2's 1024; never for our rotary model; 0: never)")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--out", default=None, help="write results JSON here (default: MODEL/eval_KIND.json for local folders)")
+    parser.add_argument("--out", default=None, help="write results JSON here (default: MODEL/eval_KIND.json for local folders; core: MODEL/core_eval.json)")
     parser.add_argument("--markdown", default=None, help="write the markdown table here (default: next to --out)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.kind == "core":  # its own loop: all ranks evaluate, rank 0 writes
+        from hf_nanochat.evaluate import core
+
+        return core.run(args)
     from hf_nanochat.serve.engine import load_chat_model
 
     model, tokenizer = load_chat_model(args.model, device=args.device)

@@ -25,6 +25,7 @@ DEFAULT_DATASETS = ["HuggingFaceFW/fineweb-edu"]  # nanochat's pretraining corpu
 DEFAULT_TAGS = ["nanochat", "hf-nanochat", "text-generation", "custom_code"]
 REPORT_FILE = "report.md"  # written by the speedrun next to the final checkpoint
 REPORT_PLOT = "report_loss.png"
+CORE_FILE = "core_eval.json"  # written into a base model's folder by `hf-nanochat eval MODEL --kind core`
 
 
 class MissingTokenError(RuntimeError):
@@ -88,8 +89,11 @@ def build_upload_folder(
     report = (folder / REPORT_FILE).read_text() if (folder / REPORT_FILE).is_file() else None
     if report is not None and (folder / REPORT_PLOT).is_file():
         shutil.copy2(folder / REPORT_PLOT, out / REPORT_PLOT)  # the report links to it
+    core = json.loads((folder / CORE_FILE).read_text()) if (folder / CORE_FILE).is_file() else None
+    if core is not None:
+        shutil.copy2(folder / CORE_FILE, out / CORE_FILE)
     card = model_card(
-        repo_id, model, report,
+        repo_id, model, report, core=core,
         license=license, datasets=DEFAULT_DATASETS if datasets is None else datasets, base_model=base_model,
         tags=DEFAULT_TAGS + [t for t in (tags or []) if t not in DEFAULT_TAGS],
     )
@@ -151,6 +155,16 @@ python -m hf_nanochat.serve.app --model {repo_id}
 """
 
 
+def _core_section(core: dict | None) -> str:
+    """The model's CORE table (hf_nanochat.evaluate.core), one heading level below the card's."""
+    if core is None:
+        return ""
+    from hf_nanochat.evaluate.core import markdown_table
+
+    title = "Offline smoke bundle (not CORE)" if core.get("smoke_bundle") else "CORE (DCLM, nanochat's base-model metric)"
+    return markdown_table(core, title) + "\n"
+
+
 def model_card(
     repo_id: str,
     model,
@@ -159,8 +173,9 @@ def model_card(
     datasets: list[str],
     base_model: str | None,
     tags: list[str],
+    core: dict | None = None,
 ) -> str:
-    """README.md text: Hub metadata (YAML front matter) + shape + training report + usage."""
+    """README.md text: Hub metadata (YAML front matter) + shape + CORE + training report + usage."""
     data = ModelCardData(
         library_name="transformers",
         pipeline_tag="text-generation",
@@ -189,7 +204,7 @@ trained and packaged with hf-nanochat. The model code travels with the weights: 
 
 {model_table(model)}
 
-{report_section}
+{_core_section(core)}{report_section}
 {usage_snippets(repo_id)}"""
     return f"---\n{data.to_yaml()}\n---\n\n{body}"
 

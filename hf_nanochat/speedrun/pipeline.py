@@ -1,6 +1,6 @@
 """`hf-nanochat speedrun RECIPE`: nanochat's whole pipeline, one command, crash-safe.
 
-    tokenizer -> base pretraining -> base eval -> mid-training -> mid eval -> SFT -> chat eval -> report
+    tokenizer -> base pretraining -> base eval (bpb) -> CORE -> mid-training -> mid eval -> SFT -> chat eval -> report
 
 Each training stage runs under `accelerate launch` with the recipe's accelerate config (or
 `--launch-config`), in a child process, so a stage is exactly what a user would type by hand.
@@ -54,6 +54,9 @@ def build_stages(recipe: Recipe, out: Path, launch_config: Path) -> list[Stage]:
     if recipe.base_eval_batches:
         base_eval += ["--max-batches", str(recipe.base_eval_batches)]
     seq_len = str(load_train_config(recipe.base).max_seq_len)
+    core_eval = ["--kind", "core"] + (["--bundle", recipe.core_bundle] if recipe.core_bundle else [])
+    if recipe.core_max_per_task:
+        core_eval += ["--max-per-task", str(recipe.core_max_per_task)]
     return [
         Stage("tokenizer", _cli("tokenizer", "train", "--data", recipe.tokenizer_data, "--vocab-size",
                                 str(recipe.tokenizer_vocab_size), "--max-chars", str(recipe.tokenizer_max_chars),
@@ -62,6 +65,9 @@ def build_stages(recipe: Recipe, out: Path, launch_config: Path) -> list[Stage]:
                                 f"--output_dir={base}", f"--tokenizer={tok}"), base / "model" / "config.json", True),
         Stage("base_eval", _cli("eval", str(base / "model"), *base_eval, "--seq-len", seq_len,
                                 "--out", str(out / "eval_base.json")), out / "eval_base.json"),
+        # CORE shares its examples over the recipe's processes; results land in the model folder.
+        Stage("core_eval", _launched(launch_config, "eval", str(base / "model"), *core_eval),
+              base / "model" / "core_eval.json"),
         Stage("mid", _launched(launch_config, "train", "--config", str(train_dir / recipe.mid),
                                f"--model={base / 'model'}", f"--output_dir={mid}"), mid / "config.json", True),
         Stage("mid_eval", _cli("eval", str(mid), *eval_chat, "--out", str(out / "eval_mid.json")), out / "eval_mid.json"),

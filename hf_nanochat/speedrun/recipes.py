@@ -23,6 +23,8 @@ class Recipe:
     tokenizer_vocab_size: int = 65536
     tokenizer_max_chars: int = 2_000_000_000
     base_eval_batches: int | None = None  # None: the whole val split
+    core_bundle: str | None = None  # `eval --bundle`: None = nanochat's eval_bundle (downloaded once, cached)
+    core_max_per_task: int | None = None  # None: every example of every CORE task
     chat_tasks: tuple[str, ...] = ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee")
     chat_max_problems: int | None = None
     gpu: str | None = None  # name for the time estimate (peak FLOP/s table); None: CPU
@@ -36,10 +38,13 @@ RECIPES: dict[str, Recipe] = {
         "cpu.yaml", "tiny_cpu.yaml", "mid_tiny_cpu.yaml", "sft_tiny_cpu.yaml",
         tokenizer_data="offline", tokenizer_vocab_size=4096, tokenizer_max_chars=3_000_000,
         base_eval_batches=16, chat_tasks=("SpellingBee",), chat_max_problems=16,
+        # offline: the synthetic smoke bundle (NOT CORE, labelled so) exercises the CORE stage
+        core_bundle="offline-smoke", core_max_per_task=16,
     ),
     "p100": Recipe(
         "d12 in fp16 on one 16 GB P100 (the seed guide's speedrun_p100.sh)",
         "p100.yaml", "d12_p100.yaml", "mid.yaml", "sft.yaml", gpu="P100", dollars_per_hour=1.5,
+        core_max_per_task=500,  # full CORE is ~3.5 h on a P100 (FLOPs estimate); 500/task (nanochat's -x) ~1/8 of it
     ),
     "single_gpu": Recipe(
         "d20 (561M) in bf16 on one A100/H100 80 GB", "single_gpu.yaml", "d20.yaml", "mid.yaml", "sft.yaml",

@@ -84,6 +84,7 @@ def base_section(out: Path) -> dict | None:
     tps = [m["tokens_per_s"] for m in metrics[1:]] or [metrics[-1]["tokens_per_s"]]  # step 1 includes warm-up
     mfus = [m["mfu"] for m in metrics[1:] if m.get("mfu") is not None]
     evaluation = _read_json(out / "eval_base.json") or {}
+    core = _read_json(out / "base" / "model" / "core_eval.json")  # `eval --kind core` writes it into the model folder
     samples = _read_jsonl(out / "base" / "samples.jsonl")
     last_step = max((s["step"] for s in samples), default=None)
     return {
@@ -94,6 +95,8 @@ def base_section(out: Path) -> dict | None:
         "val_bpb_during_training": bpbs[-1] if bpbs else None,
         "val_bpb": evaluation.get("val_bpb", evaluation.get("bpb")),
         "tokens_per_s": sum(tps) / len(tps), "mfu": sum(mfus) / len(mfus) if mfus else None,
+        "core": core and {"score": core["core"], "smoke_bundle": core["smoke_bundle"], "complete": core["complete"],
+                          "tasks": {k: v["centred"] for k, v in core["tasks"].items()}},
         "samples": [{"prompt": s["prompt"], "completion": s["completion"]} for s in samples if s["step"] == last_step],
     }
 
@@ -166,6 +169,15 @@ def _fmt(x, spec: str = ".4f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _core_line(core: dict | None) -> str:
+    if core is None:
+        return "- CORE: not evaluated"
+    if core["smoke_bundle"]:
+        return f"- offline smoke score (synthetic bundle, NOT CORE): {core['score']:.4f} over {len(core['tasks'])} tasks"
+    scope = "all 22 tasks" if core["complete"] else f"partial: {len(core['tasks'])} tasks or capped examples"
+    return f"- CORE: {core['score']:.4f} ({scope}; GPT-2 XL 0.2565, nanochat d20 Nov 2025 0.2219)"
+
+
 def render_markdown(report: dict) -> str:
     env, plan, stages = report["environment"], report.get("plan") or {}, report["stages"]
     lines = [f"# nanochat training report: {report.get('recipe', '?')}", "", f"Generated {env['date']}."]
@@ -193,7 +205,8 @@ def render_markdown(report: dict) -> str:
                   f"- trained: {base['steps']:,} steps, {base['tokens']:,} tokens ({base['tokens_per_param']:.2f} tokens/param)",
                   f"- loss: {base['first_loss']:.4f} -> {base['final_loss']:.4f}",
                   f"- validation bpb: {_fmt(base['val_bpb'])} (at the last training eval: {_fmt(base['val_bpb_during_training'])})",
-                  f"- throughput: {base['tokens_per_s']:,.0f} tokens/s" + (f", MFU {base['mfu']:.1%}" if base["mfu"] else ""), ""]
+                  f"- throughput: {base['tokens_per_s']:,.0f} tokens/s" + (f", MFU {base['mfu']:.1%}" if base["mfu"] else "")]
+        lines += [_core_line(base.get("core")), ""]
         if base["samples"]:
             lines += ["Samples from the base model:", ""]
             lines += [f"- *{s['prompt']}* -> {s['completion']!r}" for s in base["samples"]]
