@@ -328,7 +328,7 @@ def grpo_args(cfg: RLStageConfig, world_size: int, precision_args: dict[str, Any
         max_grad_norm=cfg.max_grad_norm,
         num_train_epochs=cfg.num_epochs,
         max_steps=cfg.max_steps,
-        gradient_checkpointing=cfg.activation_checkpointing,
+        activation_checkpointing=cfg.activation_checkpointing,
         cast_lm_head_to_fp32=precision_args["bf16"] or precision_args["fp16"],  # our model's logits are fp32
         remove_unused_columns=False,  # the reward reads the `answer` column
         logging_steps=cfg.logging_steps,
