@@ -164,6 +164,19 @@ def _trainer(tmp_path, model, tok, **over):
     )
 
 
+@pytest.mark.parametrize("path", ["rl.yaml", "rl_tiny_cpu.yaml"])
+def test_recipes_load_and_dispatch_to_the_rl_stage(path):
+    import yaml
+
+    from hf_nanochat.train.entry import recipe_stage
+
+    recipe = REPO / "train_configs" / path
+    assert recipe_stage(["--config", str(recipe)]) == "rl"
+    cfg = RLStageConfig.from_dict(yaml.safe_load(recipe.read_text()))
+    assert cfg.loss_type == "bnpo" and cfg.examples_per_step % 1 == 0
+    steps_layout(cfg, 1)
+
+
 def test_trl_loss_gradient_equals_nanochats_formula_on_a_hand_built_batch(tmp_path):
     """Two device batches ("passes") of one question's samples: TRL's bnpo loss with beta 0, ratio 1
     and tool output masked gives the same gradient as nanochat's
@@ -254,13 +267,13 @@ def test_reward_rises_on_a_synthetic_arithmetic_task(tmp_path):
 def test_pass_at_k_is_logged_and_resume_is_exact(tmp_path):
     """4 steps straight vs 2 steps, a fresh process state, and --resume for the last 2: same weights."""
     tok = tiny_tokenizer()
-    over = dict(num_samples=4, examples_per_step=2, device_batch_size=4, max_steps=4, save_steps=2, save_total_limit=None,
+    over = dict(num_samples=8, examples_per_step=4, device_batch_size=8, max_steps=4, save_steps=2, save_total_limit=None,
                 optimizer="muon", matrix_lr=0.02, init_lr_frac=0.5, eval_every=2, eval_examples=4, eval_num_samples=2,
                 data={"train": [{"source": "arithmetic", "size": 1}], "eval": [{"source": "arithmetic", "size": 1}]})
 
     def model():
         m = tiny_model(depth=1)
-        warm_up_format(m, tok, steps=20)
+        warm_up_format(m, tok)
         return m
 
     ref = model()
@@ -279,5 +292,40 @@ def test_pass_at_k_is_logged_and_resume_is_exact(tmp_path):
     assert resumed["global_step"] == 4
     for (name, a), b in zip(ref.state_dict().items(), other.state_dict().values()):
         assert torch.equal(a, b), name
+    from safetensors.torch import load_file
+
+    at_step_2 = load_file(tmp_path / "a" / "out" / "checkpoints" / "checkpoint-2" / "model.safetensors")
+    assert any(not torch.equal(at_step_2[n], p) for n, p in ref.state_dict().items() if n in at_step_2)  # steps 3-4 did move
     rewards = lambda m: [h["reward"] for h in m["log_history"] if "reward" in h]  # noqa: E731
     assert rewards(resumed)[-2:] == rewards(full)[-2:]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_run_through_train_py(tmp_path):
+    """`accelerate launch` (2 CPU processes, gloo) of train.py with the tiny recipe: the
+    arithmetic task's replies call the calculator, so the rollouts run the tool."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    tok, model = tiny_tokenizer(), tiny_model(depth=1)
+    warm_up_format(model, tok, steps=10)
+    model.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs/cpu_ddp.yaml"),
+           "--main_process_port", str(port), str(REPO / "train.py"), "--config", str(REPO / "train_configs/rl_tiny_cpu.yaml"),
+           f"--model={tmp_path / 'base'}", f"--output_dir={tmp_path / 'out'}", "--max_steps=2", "--max_new_tokens=16",
+           "--eval_every=0", "--eval_examples=4"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    metrics_file = tmp_path / "out" / "train_metrics.json"
+    assert metrics_file.exists(), done.stdout[-3000:] + done.stderr[-3000:]
+    metrics = json.loads(metrics_file.read_text())
+    assert metrics["num_processes"] == 2 and metrics["global_step"] == 2
+    assert [h["step"] for h in metrics["pass_at_k"]] == [2]  # eval_every 0: at the end only
+    assert (tmp_path / "out" / "model.safetensors").exists()

@@ -437,7 +437,7 @@ def run_rl_stage(cfg: RLStageConfig, *, model=None, tokenizer=None, train_datase
     history = trainer.state.log_history
     rewards = [h["reward"] for h in history if "reward" in h]
     metrics = {
-        "stage": "rl", "global_step": result.global_step, "train_loss": result.training_loss,
+        "stage": "rl", "num_processes": state.num_processes, "global_step": result.global_step, "train_loss": result.training_loss,
         "reward_first": rewards[0] if rewards else None, "reward_last": rewards[-1] if rewards else None,
         "pass_at_k": callbacks[0].history if callbacks else [], "log_history": history,
     }
