@@ -329,3 +329,41 @@ def test_two_process_ddp_run_through_train_py(tmp_path):
     assert metrics["num_processes"] == 2 and metrics["global_step"] == 2
     assert [h["step"] for h in metrics["pass_at_k"]] == [2]  # eval_every 0: at the end only
     assert (tmp_path / "out" / "model.safetensors").exists()
+
+
+# --------------------------------------------------------------------------- speedrun and report
+def test_speedrun_with_rl_appends_the_rl_stages(tmp_path):
+    import yaml
+
+    from hf_nanochat.speedrun.pipeline import build_stages
+    from hf_nanochat.speedrun.recipes import CONFIG_DIRS, RECIPES
+
+    for name, recipe in RECIPES.items():
+        launch = CONFIG_DIRS["launch"] / recipe.launch_config
+        assert [s.name for s in build_stages(recipe, tmp_path / name, launch)][-1] == "sft_eval"  # RL stays optional
+        stages = build_stages(recipe, tmp_path / name, launch, with_rl=True)
+        assert [s.name for s in stages][-3:] == ["sft_eval", "rl", "rl_eval"]
+        rl = stages[-2]
+        assert rl.training and "--resume" in rl.command and f"--model={tmp_path / name / 'sft'}" in rl.command
+        assert str(CONFIG_DIRS["train"] / recipe.rl) in rl.command
+        RLStageConfig.from_dict(yaml.safe_load((CONFIG_DIRS["train"] / recipe.rl).read_text()))
+        assert stages[-1].output == tmp_path / name / "eval_rl.json"
+
+
+def test_report_shows_gsm8k_before_and_after_rl(tmp_path):
+    import json
+
+    from hf_nanochat.speedrun.report import environment, render_markdown, rl_section
+
+    assert rl_section(tmp_path) is None  # no RL stage: no section
+    (tmp_path / "rl").mkdir()
+    for stage, acc in (("sft", 0.125), ("rl", 0.25)):
+        (tmp_path / f"eval_{stage}.json").write_text(json.dumps({"tasks": {"GSM8K": {"accuracy": acc}}}))
+    (tmp_path / "rl" / "train_metrics.json").write_text(json.dumps({
+        "global_step": 467, "reward_first": 0.1, "reward_last": 0.3,
+        "pass_at_k": [{"step": 0, "pass@1": 0.11}, {"step": 467, "pass@1": 0.22}]}))
+    section = rl_section(tmp_path)
+    assert (section["gsm8k_before"], section["gsm8k_after"], section["pass1_before"], section["pass1_after"]) == (0.125, 0.25, 0.11, 0.22)
+    md = render_markdown({"environment": environment(), "stages": {}, "chat": {}, "rl": section})
+    assert "| GSM8K accuracy (eval) | 0.1250 | 0.2500 |" in md
+    assert "| pass@1 on the RL eval questions (step 0 / 467) | 0.1100 | 0.2200 |" in md
