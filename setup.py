@@ -17,21 +17,27 @@ setup(
     package_dir={"hf_nanochat": "hf_nanochat", "hf_nanochat.modeling": "modeling"},
     package_data={"hf_nanochat": ["resources/*.txt"]},
     python_requires=">=3.10",
-    # torch is a range on purpose: CI installs the CPU wheel torch==2.13.0 first and a
-    # range it satisfies pulls nothing more (an unpinned torch would fetch CUDA builds).
+    # Every floor below is what .ci/floors.txt pins in CI's second environment (the suite runs
+    # there too); the first environment takes the newest releases these ranges allow.
+    # transformers < 6: its major releases rename model APIs (5.24 renamed the KV cache
+    # argument, which the model files handle both ways).
+    # torch is a range on purpose: CI installs the CPU wheel torch==2.13.0 first and a range it
+    # satisfies pulls nothing more (an unpinned torch would fetch CUDA builds). 2.13 is the only
+    # build CI can test; >=2.6 is what the code needs (FSDP2's public fully_shard, F.rms_norm).
+    # matplotlib 3.9: the first with NumPy 2 wheels (pyarrow, under datasets, needs NumPy 2).
     install_requires=[
-        "torch>=2.4",
-        "transformers>=5.23,<6",
-        "accelerate>=1.15",
-        "datasets>=4.0",
-        "tokenizers>=0.22",
-        "trl>=1.16",
-        "peft>=0.21",
-        "gradio>=6.0",
-        "huggingface_hub>=1.0",
-        "safetensors>=0.4",
-        "pyyaml>=6.0",
-        "matplotlib>=3.8",
+        "torch>=2.6",
+        "transformers>=5.16.1,<6",
+        "tokenizers>=0.23.1",
+        "huggingface_hub>=1.5.0",
+        "safetensors>=0.8.0",
+        "accelerate>=1.15.0",
+        "datasets>=4.7.0",
+        "trl>=1.16.0",
+        "peft>=0.21.0",
+        "gradio>=6.0.0",
+        "pyyaml>=6.0.1",
+        "matplotlib>=3.9.0",
     ],
     extras_require={
         "dev": [

@@ -56,7 +56,7 @@ class NanoChatGPTConfig(PreTrainedConfig):
     """
 
     model_type = "nanochat_gpt"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
     # nanochat's own names, for readers of nanochat's code.
     attribute_map = {
         "n_layer": "num_hidden_layers",

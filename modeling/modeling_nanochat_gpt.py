@@ -14,6 +14,7 @@ nanochat checkpoints load by name and LoRA targets read like nanochat's code.
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -27,8 +28,25 @@ from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_nanochat_gpt import NanoChatGPTConfig
+
+# transformers 5.24 renamed the KV cache argument and output field `past_key_values` -> `cache`
+# (the old name is deprecated until 5.40): `generate()` passes and reads back whichever name its
+# release uses. The forwards below accept both and return the cache under the installed name, so
+# this file (which travels with every checkpoint) decodes with its cache on every release.
+CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+_MASK_CACHE_NAME = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
+_DEPRECATED_CACHE_NAME = "past_key_values"
+
+
+def _cache_argument(cache: Cache | None, kwargs: dict) -> Cache | None:
+    """The cache a caller passed, under either name (removing the old name from `kwargs`)."""
+    old = kwargs.pop(_DEPRECATED_CACHE_NAME, None)
+    if old is not None and cache is not None:
+        raise ValueError("Pass the KV cache once, as `cache` or `past_key_values`, not both")
+    return cache if cache is not None else old
 
 
 def rms_norm(x: torch.Tensor, eps: float | None) -> torch.Tensor:
@@ -113,7 +131,7 @@ class NanoChatGPTAttention(nn.Module):
         hidden_states: torch.Tensor,
         cos_sin: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ):
         b, t, _ = hidden_states.shape
@@ -125,8 +143,8 @@ class NanoChatGPTAttention(nn.Module):
         q = rms_norm(apply_rotary(q, cos, sin), self.config.rms_norm_eps).transpose(1, 2)
         k = rms_norm(apply_rotary(k, cos, sin), self.config.rms_norm_eps).transpose(1, 2)
         v = v.transpose(1, 2)
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, self.layer_idx)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)
         attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
@@ -152,8 +170,8 @@ class NanoChatGPTBlock(GradientCheckpointingLayer):
         self.attn = NanoChatGPTAttention(config, layer_idx)
         self.mlp = NanoChatGPTMLP(config)
 
-    def forward(self, hidden_states, cos_sin, attention_mask=None, past_key_values=None, **kwargs):
-        attn_out, weights = self.attn(rms_norm(hidden_states, self.eps), cos_sin, attention_mask, past_key_values, **kwargs)
+    def forward(self, hidden_states, cos_sin, attention_mask=None, cache=None, **kwargs):
+        attn_out, weights = self.attn(rms_norm(hidden_states, self.eps), cos_sin, attention_mask, cache, **kwargs)
         hidden_states = hidden_states + attn_out
         hidden_states = hidden_states + self.mlp(rms_norm(hidden_states, self.eps))
         return hidden_states, weights
@@ -165,7 +183,7 @@ class NanoChatGPTPreTrainedModel(PreTrainedModel):
     base_model_prefix = "transformer"
     supports_gradient_checkpointing = True
     _no_split_modules = ["NanoChatGPTBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
@@ -201,19 +219,20 @@ class NanoChatGPTModel(NanoChatGPTPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.wte = value
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        cache = _cache_argument(cache, kwargs)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
         if output_hidden_states is None:
@@ -225,11 +244,11 @@ class NanoChatGPTModel(NanoChatGPTPreTrainedModel):
             use_cache = False  # a cache is pointless (and wrong) when blocks are recomputed
         if inputs_embeds is None:
             inputs_embeds = self.wte(input_ids)
-        fresh_cache = use_cache and past_key_values is None
+        fresh_cache = use_cache and cache is None
         if fresh_cache:
-            past_key_values = DynamicCache(config=self.config)
+            cache = DynamicCache(config=self.config)
         if position_ids is None:
-            offset = past_key_values.get_seq_length() if past_key_values is not None else 0
+            offset = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(offset, offset + inputs_embeds.shape[1], device=inputs_embeds.device)[None]
             if attention_mask is not None and attention_mask.ndim == 2 and not torch.all(attention_mask):
                 # Left padding: real tokens count positions from 0 like an unpadded prompt.
@@ -243,8 +262,8 @@ class NanoChatGPTModel(NanoChatGPTPreTrainedModel):
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            past_key_values=None if fresh_cache else past_key_values,
             position_ids=position_ids,
+            **{_MASK_CACHE_NAME: None if fresh_cache else cache},
         )
         cos_sin = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, inputs_embeds.dtype)
 
@@ -252,7 +271,7 @@ class NanoChatGPTModel(NanoChatGPTPreTrainedModel):
         all_hidden = (hidden,) if output_hidden_states else None
         all_attn = () if output_attentions else None
         for block in self.h:
-            hidden, weights = block(hidden, cos_sin, mask, past_key_values, **kwargs)
+            hidden, weights = block(hidden, cos_sin, mask, cache, **kwargs)
             if output_hidden_states:
                 all_hidden += (hidden,)
             if output_attentions:
@@ -262,9 +281,9 @@ class NanoChatGPTModel(NanoChatGPTPreTrainedModel):
             all_hidden = all_hidden[:-1] + (hidden,)
         return BaseModelOutputWithPast(
             last_hidden_state=hidden,
-            past_key_values=past_key_values if use_cache else None,
             hidden_states=all_hidden,
             attentions=all_attn,
+            **{CACHE_NAME: cache if use_cache else None},
         )
 
 
@@ -328,18 +347,18 @@ class NanoChatGPTForCausalLM(NanoChatGPTPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
-        return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         loss_chunk_tokens: int | None = None,
         **kwargs,
@@ -353,7 +372,7 @@ class NanoChatGPTForCausalLM(NanoChatGPTPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=_cache_argument(cache, kwargs),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
@@ -384,9 +403,9 @@ class NanoChatGPTForCausalLM(NanoChatGPTPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=out.past_key_values,
             hidden_states=out.hidden_states,
             attentions=out.attentions,
+            **{CACHE_NAME: getattr(out, CACHE_NAME)},
         )
 
     def num_flops_per_token(self) -> int:
