@@ -9,6 +9,9 @@ Engine's own batched sampling, on the same model, prompts and seeds (so the same
                   and length statistics
   trainer step    GRPOTrainer._generate_and_score_completions: the above + rewards, padding and
                   group-mean advantages (everything before the loss)
+  trl generate    for comparison, TRL's own generation path (no rollout_func): one left-padded
+                  `model.generate` over all the samples, no calculator tool; its own tokens (its
+                  sampler differs), so only tokens/s compare
 
 Random weights (nanochat's zero-initialised projections randomised) so samples do not stop at
 once; every sample runs to --max-tokens unless it draws <|assistant_end|>. Results in
@@ -91,19 +94,29 @@ def main() -> None:
         paths = {"engine": engine_calls, "trainer rollout": trainer_rollout, "trainer step": trainer_step}
         for name, fn in paths.items():
             assert fn() == reference, f"{name}: different tokens than the Engine's own calls"  # same work in every row
+        plain = GRPOTrainer(model=model, reward_funcs=[trl_reward(answer_match, tok, {})],
+                            args=grpo_args(cfg, 1, {"bf16": False, "fp16": False, "use_cpu": True}),
+                            train_dataset=prompt_dataset(addition_conversations(1)), processing_class=tok)
+        counts = {name: tokens for name in paths}
+
+        def trl_generate():
+            completions = plain._generate([q["prompt"] for q in inputs])[1]
+            counts["trl generate"] = sum(map(len, completions))
+
+        paths["trl generate"] = trl_generate
         times = {name: [] for name in paths}
         for _ in range(args.repeats):  # interleaved, so a busy machine slows every path alike
             for name, fn in paths.items():
                 t0 = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t0)
-        rows = [(name, min(t)) for name, t in times.items()]
+        rows = [(name, min(t), counts[name]) for name, t in times.items()]
 
     print(f"depth {args.depth}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, {args.questions} questions x "
           f"{args.samples} samples, <= {args.max_tokens} new tokens, {tokens} tokens per rollout, torch threads {torch.get_num_threads()}")
-    base = rows[0][1]
-    for name, seconds in rows:
-        print(f"  {name:16s} {tokens / seconds:9.0f} tokens/s  ({seconds * 1000:7.1f} ms, {seconds / base:.2f}x the Engine's time)")
+    base = tokens / rows[0][1]
+    for name, seconds, n in rows:
+        print(f"  {name:16s} {n / seconds:9.0f} tokens/s  ({n} tokens in {seconds * 1000:7.1f} ms; {n / seconds / base:.2f}x the Engine's tokens/s)")
 
 
 if __name__ == "__main__":
