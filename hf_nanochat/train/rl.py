@@ -246,7 +246,9 @@ def evaluate_pass_at_k(model, tokenizer, records, reward_fn, reward_kwargs, num_
 
 def pass_at_k_callback(trainer_ref: dict, records, cfg: RLStageConfig, reward_fn):
     """A TrainerCallback that logs pass@1..k on `records` before step 0, every `eval_every` steps
-    (before that step's update, as nanochat) and after the last step."""
+    (before that step's rollouts and update, as nanochat) and after the last step.
+    `trainer_ref["trainer"]` is filled in once the trainer exists: callbacks are passed to its
+    constructor, and the evaluation needs its accelerator (process rank, reductions, autocast)."""
     from transformers import TrainerCallback
 
     class PassAtK(TrainerCallback):
