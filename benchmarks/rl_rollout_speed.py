@@ -93,6 +93,7 @@ def main() -> None:
         tokens = sum(map(len, reference))
         paths = {"engine": engine_calls, "trainer rollout": trainer_rollout, "trainer step": trainer_step}
         for name, fn in paths.items():
+            print(f"warm-up: {name}", flush=True)
             assert fn() == reference, f"{name}: different tokens than the Engine's own calls"  # same work in every row
         plain = GRPOTrainer(model=model, reward_funcs=[trl_reward(answer_match, tok, {})],
                             args=grpo_args(cfg, 1, {"bf16": False, "fp16": False, "use_cpu": True}),
@@ -104,6 +105,8 @@ def main() -> None:
             counts["trl generate"] = sum(map(len, completions))
 
         paths["trl generate"] = trl_generate
+        print("warm-up: trl generate", flush=True)
+        trl_generate()
         times = {name: [] for name in paths}
         for _ in range(args.repeats):  # interleaved, so a busy machine slows every path alike
             for name, fn in paths.items():

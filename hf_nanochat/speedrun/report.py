@@ -230,7 +230,7 @@ def render_markdown(report: dict) -> str:
     rl = report.get("rl")
     if rl:
         steps = rl["pass1_steps"] or ["-", "-"]
-        lines += ["## RL (GSM8K)", "", f"- {rl['steps']} steps; mean reward {_fmt(rl['reward_first'])} (first step) -> "
+        lines += ["## RL", "", f"- {rl['steps']} steps; mean reward {_fmt(rl['reward_first'])} (first step) -> "
                   f"{_fmt(rl['reward_last'])} (last step)", "", "| | before (SFT) | after RL |", "|---|---:|---:|",
                   f"| GSM8K accuracy (eval) | {_fmt(rl['gsm8k_before'])} | {_fmt(rl['gsm8k_after'])} |",
                   f"| pass@1 on the RL eval questions (step {steps[0]} / {steps[1]}) | {_fmt(rl['pass1_before'])} | {_fmt(rl['pass1_after'])} |", ""]
