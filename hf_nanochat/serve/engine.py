@@ -4,7 +4,8 @@ Written on transformers' cache API rather than `model.generate` because tool use
 token stream mid-generation (nanochat's engine does the same): when a sample closes a
 `<|python_start|>expr<|python_end|>` block, the expression goes to the calculator and
 `<|output_start|>result<|output_end|>` is forced into that sample's next steps, while the
-other samples keep sampling. The pieces transformers has are used as they are:
+other samples keep sampling (the protocol itself is hf_nanochat/serve/tools.py, shared with the
+RL rollouts; `generate_with_masks` says which tokens it forced). The pieces transformers has are used as they are:
 `DynamicCache` (prefill once, `batch_repeat_interleave` for the samples, `batch_select_indices`
 to drop finished ones) and the Temperature/TopK/TopP logits warpers.
 """
@@ -13,9 +14,8 @@ from __future__ import annotations
 import codecs
 import inspect
 import re
-from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from tokenizers import decoders
@@ -23,8 +23,6 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 from transformers.generation import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from hf_nanochat.serve.calculator import CalculatorError, safe_eval
-from hf_nanochat.train.precision import resolve_precision
 from hf_nanochat.data.tokenizer import (
     ASSISTANT_END,
     BOS,
@@ -32,10 +30,11 @@ from hf_nanochat.data.tokenizer import (
     OUTPUT_START,
     PYTHON_END,
     PYTHON_START,
-    encode_plain,
     load_tokenizer,
     render_for_completion,
 )
+from hf_nanochat.serve.tools import CalculatorProtocol, ToolCall
+from hf_nanochat.train.precision import resolve_precision
 
 ENGINE_TOKENS = (BOS, ASSISTANT_END, PYTHON_START, PYTHON_END, OUTPUT_START, OUTPUT_END)
 
@@ -103,18 +102,12 @@ def cache_keyword(model: PreTrainedModel) -> str:
 
 
 @dataclass
-class _Sample:
-    """Per-sample state of the tool-use state machine."""
-
-    forced: deque = field(default_factory=deque)  # tokens to emit instead of sampling
-    python_tokens: list[int] | None = None  # the expression so far while inside a python block
-
-
-@dataclass
 class _Emitted:
     sample: int
     token: int
     tool_error: str | None = None  # set on `<|python_end|>` when the calculator refused
+    forced: bool = False  # a tool-output token the protocol inserted, not a sampled one
+    stop: bool = False  # the sampled stop token that ended this sample (the sample emits nothing after it)
 
 
 class Utf8TokenDecoder:
@@ -154,6 +147,7 @@ class Engine:
         if missing:
             raise ValueError(f"tokenizer lacks the chat special tokens {missing}")
         self.ids = ids
+        self.tools = CalculatorProtocol(tokenizer)  # the tool protocol, shared with the RL rollouts
         self.stop_ids = {ids[ASSISTANT_END], ids[BOS]}
         self._rendering = {ids[name]: text for name, text in TOOL_RENDERING.items()}
         # Added tokens (all chat markers) never go through the byte decoder; unrendered ones vanish.
@@ -174,11 +168,32 @@ class Engine:
         """`num_samples` completions of `prompt_ids` (prompt and stop token excluded; tool
         outputs included). Sample i draws from its own generator seeded `seed + i`, so it equals
         a single-sample run with that seed."""
+        results, _ = self.generate_with_masks(prompt_ids, num_samples, max_tokens, temperature, top_k, top_p, seed)
+        return results
+
+    def generate_with_masks(
+        self,
+        prompt_ids: list[int],
+        num_samples: int = 1,
+        max_tokens: int = 256,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        include_stop: bool = False,
+    ) -> tuple[list[list[int]], list[list[int]]]:
+        """As `generate`, plus a mask per completion: 1 for sampled tokens, 0 for the tool output
+        the protocol forced in (nanochat's `generate_batch` masks). `include_stop` keeps the
+        sampled `<|assistant_end|>` (mask 1) at the end of the samples that stopped."""
         results: list[list[int]] = [[] for _ in range(num_samples)]
+        masks: list[list[int]] = [[] for _ in range(num_samples)]
         for step in self._steps(prompt_ids, num_samples, max_tokens, temperature, top_k, top_p, seed):
             for emitted in step:
+                if emitted.stop and not include_stop:
+                    continue
                 results[emitted.sample].append(emitted.token)
-        return results
+                masks[emitted.sample].append(0 if emitted.forced else 1)
+        return results, masks
 
     @torch.inference_mode()
     def _steps(self, prompt_ids, num_samples, max_tokens, temperature, top_k, top_p, seed) -> Iterator[list[_Emitted]]:
@@ -204,49 +219,27 @@ class Engine:
             cache.batch_repeat_interleave(num_samples)
             logits = logits.expand(num_samples, -1)
 
-        samples = [_Sample() for _ in range(num_samples)]
+        samples = [ToolCall() for _ in range(num_samples)]
         running = list(range(num_samples))  # sample index of each cache row
         for step in range(max_tokens):
             sampled = self._sample(logits, warpers, [generators[i] for i in running], greedy=temperature == 0)
             emitted, keep_rows = [], []
             for row, (i, token) in enumerate(zip(running, sampled)):
                 state = samples[i]
-                forced = bool(state.forced)
-                if forced:
-                    token = state.forced.popleft()
-                elif token in self.stop_ids:
+                token, forced = self.tools.next_token(state, token)
+                if not forced and token in self.stop_ids:
+                    emitted.append(_Emitted(i, token, stop=True))
                     continue
-                emitted.append(_Emitted(i, token, self._track_tool(state, token)))
+                emitted.append(_Emitted(i, token, self.tools.observe(state, token), forced=forced))
                 keep_rows.append(row)
             yield emitted
             if not keep_rows or step == max_tokens - 1:
                 return
             if len(keep_rows) < len(running):
                 cache.batch_select_indices(torch.tensor(keep_rows, device=device))
-            running = [e.sample for e in emitted]
-            next_ids = torch.tensor([[e.token] for e in emitted], dtype=torch.long, device=device)
+            running = [e.sample for e in emitted if not e.stop]
+            next_ids = torch.tensor([[e.token] for e in emitted if not e.stop], dtype=torch.long, device=device)
             logits = model(input_ids=next_ids, **{cache_kw: cache}, use_cache=True).logits[:, -1]
-
-    def _track_tool(self, state: _Sample, token: int) -> str | None:
-        """Collect python blocks; on `<|python_end|>` queue the calculator's answer. Returns the
-        calculator's refusal message, if any (nanochat then injects nothing and the model goes on)."""
-        if token == self.ids[PYTHON_START]:
-            state.python_tokens = []
-        elif token == self.ids[PYTHON_END] and state.python_tokens is not None:
-            expression = self.tokenizer.decode(state.python_tokens, skip_special_tokens=True)
-            state.python_tokens = None
-            try:
-                result = safe_eval(expression)
-            except CalculatorError as err:
-                return str(err)
-            state.forced.extend([self.ids[OUTPUT_START], *self._encode_text(result), self.ids[OUTPUT_END]])
-        elif state.python_tokens is not None:
-            state.python_tokens.append(token)
-        return None
-
-    def _encode_text(self, text: str) -> list[int]:
-        # Plain text encoding: a calculator result such as '<|assistant_end|>'.lower() stays text.
-        return encode_plain(self.tokenizer, [text])[0]
 
     @staticmethod
     def _warpers(temperature, top_k, top_p) -> LogitsProcessorList:
@@ -293,6 +286,8 @@ class Engine:
         decoder = Utf8TokenDecoder(self.tokenizer)
         for step in self._steps(prompt_ids, 1, **self._sampling_defaults(sampling)):
             for emitted in step:
+                if emitted.stop:
+                    continue
                 if emitted.token in self._special_ids:
                     text = decoder.flush() + self._rendering.get(emitted.token, "")
                     if emitted.tool_error:

@@ -1,6 +1,7 @@
 """`hf-nanochat speedrun RECIPE`: nanochat's whole pipeline, one command, crash-safe.
 
-    tokenizer -> base pretraining -> base eval (bpb) -> CORE -> mid-training -> mid eval -> SFT -> chat eval -> report
+    tokenizer -> base pretraining -> base eval (bpb) -> CORE -> mid-training -> mid eval -> SFT -> chat eval
+    [-> RL -> RL eval, with --with-rl] -> report
 
 Each training stage runs under `accelerate launch` with the recipe's accelerate config (or
 `--launch-config`), in a child process, so a stage is exactly what a user would type by hand.
@@ -44,7 +45,7 @@ def _launched(launch_config: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(launch_config), "-m", "hf_nanochat.cli", *args]
 
 
-def build_stages(recipe: Recipe, out: Path, launch_config: Path) -> list[Stage]:
+def build_stages(recipe: Recipe, out: Path, launch_config: Path, with_rl: bool = False) -> list[Stage]:
     train_dir = CONFIG_DIRS["train"]
     tok, base, mid, sft = out / "tokenizer", out / "base", out / "mid", out / "sft"
     eval_chat = ["--kind", "chat", "--tasks", ",".join(recipe.chat_tasks)]
@@ -57,6 +58,11 @@ def build_stages(recipe: Recipe, out: Path, launch_config: Path) -> list[Stage]:
     core_eval = ["--kind", "core"] + (["--bundle", recipe.core_bundle] if recipe.core_bundle else [])
     if recipe.core_max_per_task:
         core_eval += ["--max-per-task", str(recipe.core_max_per_task)]
+    rl = [
+        Stage("rl", _launched(launch_config, "train", "--config", str(train_dir / recipe.rl), "--resume",
+                              f"--model={sft}", f"--output_dir={out / 'rl'}"), out / "rl" / "config.json", True),
+        Stage("rl_eval", _cli("eval", str(out / "rl"), *eval_chat, "--out", str(out / "eval_rl.json")), out / "eval_rl.json"),
+    ] if with_rl else []
     return [
         Stage("tokenizer", _cli("tokenizer", "train", "--data", recipe.tokenizer_data, "--vocab-size",
                                 str(recipe.tokenizer_vocab_size), "--max-chars", str(recipe.tokenizer_max_chars),
@@ -74,6 +80,7 @@ def build_stages(recipe: Recipe, out: Path, launch_config: Path) -> list[Stage]:
         Stage("sft", _launched(launch_config, "train", "--config", str(train_dir / recipe.sft),
                                f"--model={mid}", f"--output_dir={sft}"), sft / "config.json", True),
         Stage("sft_eval", _cli("eval", str(sft), *eval_chat, "--out", str(out / "eval_sft.json")), out / "eval_sft.json"),
+        *rl,
     ]
 
 
@@ -178,7 +185,7 @@ def run_stage(stage: Stage, out: Path, state: dict) -> None:
     write_state(out, state)
 
 
-def speedrun(name: str, out: Path, launch_config: str | None = None, dry_run: bool = False) -> int:
+def speedrun(name: str, out: Path, launch_config: str | None = None, dry_run: bool = False, with_rl: bool = False) -> int:
     if name not in RECIPES:
         raise SystemExit(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
     recipe = RECIPES[name]
@@ -186,7 +193,7 @@ def speedrun(name: str, out: Path, launch_config: str | None = None, dry_run: bo
     if not launch.exists():
         raise SystemExit(f"accelerate config not found: {launch}")
     out = out.resolve()
-    stages = build_stages(recipe, out, launch.resolve())
+    stages = build_stages(recipe, out, launch.resolve(), with_rl)
     p = plan(recipe, name, launch)
     print(format_plan(p, stages), flush=True)
     if dry_run:
@@ -206,12 +213,13 @@ def speedrun(name: str, out: Path, launch_config: str | None = None, dry_run: bo
     from hf_nanochat.speedrun.report import write_report
 
     md, _ = write_report(out)
-    # The final model carries its report card, so `hf-nanochat push OUT/sft` puts it on the Hub.
+    final = out / ("rl" if with_rl else "sft")
+    # The final model carries its report card, so `hf-nanochat push OUT/sft` (or OUT/rl) puts it on the Hub.
     for report_file in (md.name, "report_loss.png"):
         if (out / report_file).exists():
-            shutil.copy2(out / report_file, out / "sft" / report_file)
-    print(f"\nreport: {md}\nchat with it:  python -m hf_nanochat.serve.app --model {out / 'sft'}"
-          f"\nshare it:      hf-nanochat push {out / 'sft'} YOUR_NAME/nanochat-{name}", flush=True)
+            shutil.copy2(out / report_file, final / report_file)
+    print(f"\nreport: {md}\nchat with it:  python -m hf_nanochat.serve.app --model {final}"
+          f"\nshare it:      hf-nanochat push {final} YOUR_NAME/nanochat-{name}", flush=True)
     return 0
 
 
@@ -220,7 +228,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default=None, help="run folder (default: runs/RECIPE)")
     parser.add_argument("--launch-config", default=None, help="accelerate config to use instead of the recipe's")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    parser.add_argument("--with-rl", action="store_true", help="add nanochat's RL stage on GSM8K after SFT (train_configs/rl.yaml)")
 
 
 def run(args: argparse.Namespace) -> int:
-    return speedrun(args.recipe, Path(args.output or f"runs/{args.recipe}"), args.launch_config, args.dry_run)
+    return speedrun(args.recipe, Path(args.output or f"runs/{args.recipe}"), args.launch_config, args.dry_run, args.with_rl)

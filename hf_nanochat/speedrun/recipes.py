@@ -19,6 +19,7 @@ class Recipe:
     base: str  # train_configs/<name>
     mid: str
     sft: str
+    rl: str = "rl.yaml"  # the optional RL stage (`--with-rl`)
     tokenizer_data: str = "karpathy/fineweb-edu-100b-shuffle"
     tokenizer_vocab_size: int = 65536
     tokenizer_max_chars: int = 2_000_000_000
@@ -35,7 +36,7 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "tiny_cpu": Recipe(
         "a tiny model on 2 CPU cores, offline, in minutes: checks the whole pipeline",
-        "cpu.yaml", "tiny_cpu.yaml", "mid_tiny_cpu.yaml", "sft_tiny_cpu.yaml",
+        "cpu.yaml", "tiny_cpu.yaml", "mid_tiny_cpu.yaml", "sft_tiny_cpu.yaml", rl="rl_tiny_cpu.yaml",
         tokenizer_data="offline", tokenizer_vocab_size=4096, tokenizer_max_chars=3_000_000,
         base_eval_batches=16, chat_tasks=("SpellingBee",), chat_max_problems=16,
         # offline: the synthetic smoke bundle (NOT CORE, labelled so) exercises the CORE stage

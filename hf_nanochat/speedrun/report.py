@@ -117,6 +117,25 @@ def chat_section(out: Path) -> dict:
     return stages
 
 
+def rl_section(out: Path) -> dict | None:
+    """The optional RL stage: GSM8K before (SFT eval) and after (RL eval), and the stage's own
+    reward and pass@1 (on its eval questions) at its first and last evaluation."""
+    train = _read_json(out / "rl" / "train_metrics.json")
+    if train is None:
+        return None
+
+    def gsm8k(stage: str):
+        return (((_read_json(out / f"eval_{stage}.json") or {}).get("tasks") or {}).get("GSM8K") or {}).get("accuracy")
+
+    passk = train.get("pass_at_k") or []
+    return {
+        "steps": train.get("global_step"), "reward_first": train.get("reward_first"), "reward_last": train.get("reward_last"),
+        "gsm8k_before": gsm8k("sft"), "gsm8k_after": gsm8k("rl"),
+        "pass1_before": passk[0]["pass@1"] if passk else None, "pass1_after": passk[-1]["pass@1"] if passk else None,
+        "pass1_steps": [passk[0]["step"], passk[-1]["step"]] if passk else None,
+    }
+
+
 def chat_samples(out: Path) -> list[dict]:
     model_dir = out / "sft"
     if not (model_dir / "config.json").exists():
@@ -221,6 +240,13 @@ def render_markdown(report: dict) -> str:
         lines.append("| ChatCORE | " + " | ".join(_fmt(s["chatcore"]) for s in chat.values()) + " |")
         lines.append("| train loss | " + " | ".join(_fmt(s["train_loss"]) for s in chat.values()) + " |")
         lines.append("")
+    rl = report.get("rl")
+    if rl:
+        steps = rl["pass1_steps"] or ["-", "-"]
+        lines += ["## RL", "", f"- {rl['steps']} steps; mean reward {_fmt(rl['reward_first'])} (first step) -> "
+                  f"{_fmt(rl['reward_last'])} (last step)", "", "| | before (SFT) | after RL |", "|---|---:|---:|",
+                  f"| GSM8K accuracy (eval) | {_fmt(rl['gsm8k_before'])} | {_fmt(rl['gsm8k_after'])} |",
+                  f"| pass@1 on the RL eval questions (step {steps[0]} / {steps[1]}) | {_fmt(rl['pass1_before'])} | {_fmt(rl['pass1_after'])} |", ""]
     if report.get("chat_samples"):
         lines += ["## Chat samples (SFT model, greedy)", ""]
         lines += [f"- **{s['prompt']}** {s['reply']!r}" for s in report["chat_samples"]]
@@ -243,7 +269,7 @@ def write_report(out: Path) -> tuple[Path, Path]:
     data_source = recipe.tokenizer_data if recipe else None
     report = {
         "recipe": state.get("recipe"), "plan": state.get("plan") or {}, "environment": environment(), "stages": stages,
-        "tokenizer": tokenizer_section(out, data_source), "base": base_section(out), "chat": chat_section(out),
+        "tokenizer": tokenizer_section(out, data_source), "base": base_section(out), "chat": chat_section(out), "rl": rl_section(out),
         "chat_samples": chat_samples(out),
     }
     report["plot"] = "report_loss.png" if plot_losses(out, out / "report_loss.png") else None

@@ -3,7 +3,8 @@
     accelerate launch --config_file accelerate_configs/X.yaml train.py --config train_configs/Y.yaml [--key=value ...] [--resume]
 
 The recipe's `stage` decides the loop: `base` is pretraining (hf_nanochat/train/pretrain.py),
-`mid` and `sft` are the chat stages on TRL's SFTTrainer (hf_nanochat/train/sft.py). Everything
+`mid` and `sft` are the chat stages on TRL's SFTTrainer (hf_nanochat/train/sft.py), `rl` is
+nanochat's chat_rl on TRL's GRPOTrainer (hf_nanochat/train/rl.py). Everything
 after the stage choice (argument checking, overrides) belongs to that loop.
 """
 from __future__ import annotations
@@ -30,8 +31,11 @@ def recipe_stage(argv: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if recipe_stage(argv) in ("mid", "sft"):
+    stage = recipe_stage(argv)
+    if stage in ("mid", "sft"):
         from hf_nanochat.train.sft import main as stage_main
+    elif stage == "rl":
+        from hf_nanochat.train.rl import main as stage_main
     else:
         from hf_nanochat.train.pretrain import main as stage_main
     return stage_main(argv)
