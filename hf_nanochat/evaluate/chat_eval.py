@@ -268,7 +268,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, default=512)
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--top-k", type=int, default=50)
-    parser.add_argument("--source", default=None, help="base: pretraining data source (default: pretraining's default)")
+    parser.add_argument("--source", default=None, help="base: pretraining data source (default: the one the model's data_used.json records)")
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--max-batches", type=int, default=None, help="base: val batches to read (default: the whole val split)")
     parser.add_argument("--device", default=None)
@@ -281,9 +281,14 @@ def run(args: argparse.Namespace) -> int:
 
     model, tokenizer = load_chat_model(args.model, device=args.device)
     if args.kind == "base":
-        from hf_nanochat.data.stream import DEFAULT_SOURCE
+        from hf_nanochat.data.provenance import read_stage_records
 
-        results = evaluate_base(model, tokenizer, args.source or DEFAULT_SOURCE, args.seq_len, args.batch_size, args.max_batches)
+        # The val split of what the model was trained on (its data_used.json), unless told otherwise.
+        recorded = (read_stage_records(args.model) if Path(args.model).is_dir() else {}).get("base", {}).get("source")
+        source = args.source or recorded
+        if source is None:
+            raise SystemExit(f"{args.model} does not record its pretraining data (data_used.json): pass --source")
+        results = evaluate_base(model, tokenizer, source, args.seq_len, args.batch_size, args.max_batches)
     else:
         data_paths = {}
         for item in args.data:

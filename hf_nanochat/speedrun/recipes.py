@@ -25,6 +25,7 @@ class Recipe:
     base_eval_batches: int | None = None  # None: the whole val split
     chat_tasks: tuple[str, ...] = ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee")
     chat_max_problems: int | None = None
+    spelling_words: str = "english"  # SpellingBee's word list (hf_nanochat.data.chat_data.load_words)
     gpu: str | None = None  # name for the time estimate (peak FLOP/s table); None: CPU
     num_devices: int = 1
     dollars_per_hour: float = 0.0  # whole machine
@@ -35,7 +36,7 @@ RECIPES: dict[str, Recipe] = {
         "a tiny model on 2 CPU cores, offline, in minutes: checks the whole pipeline",
         "cpu.yaml", "tiny_cpu.yaml", "mid_tiny_cpu.yaml", "sft_tiny_cpu.yaml",
         tokenizer_data="offline", tokenizer_vocab_size=4096, tokenizer_max_chars=3_000_000,
-        base_eval_batches=16, chat_tasks=("SpellingBee",), chat_max_problems=16,
+        base_eval_batches=16, chat_tasks=("SpellingBee",), chat_max_problems=16, spelling_words="bundled",
     ),
     "p100": Recipe(
         "d12 in fp16 on one 16 GB P100 (the seed guide's speedrun_p100.sh)",
