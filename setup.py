@@ -39,6 +39,7 @@ setup(
         "gradio>=6.0.0",
         "pyyaml>=6.0.1",
         "matplotlib>=3.9.0",
+        "english-words>=2.0,<3",  # SpellingBee's real word list (nanochat uses ~370K words); 8 MB, pure Python
     ],
     extras_require={
         "dev": [

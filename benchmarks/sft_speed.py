@@ -46,7 +46,9 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=4)
     args = parser.parse_args()
 
-    conversations = build_mixture([{"source": s, "size": 600} for s in ("arithmetic", "spelling_bee", "identity", "simple_spelling")])
+    specs = [{"source": "arithmetic", "size": 600}, {"source": "identity", "size": 600}]
+    specs += [{"source": s, "size": 600, "words": "bundled"} for s in ("spelling_bee", "simple_spelling")]
+    conversations = build_mixture(specs)
     texts = ["".join(p["text"] for m in row for p in m["content"]) for row in conversations["messages"]]
     tokenizer = train_tokenizer(texts, vocab_size=4096)
     data = tokenize_conversations(conversations, tokenizer, max_length=512)

@@ -90,3 +90,40 @@ class HubStandIn:
     def __exit__(self, *exc):
         self.server.shutdown()
         self.server.server_close()
+
+
+class ErroringHub:
+    """A Hub that answers every request with one HTTP error (429 rate limit, 5xx outage), for
+    tests that a Hub failure is reported, never papered over. Records the paths asked for."""
+
+    def __init__(self, status: int):
+        self.requests: list[str] = []
+        standin = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                standin.requests.append(self.path)
+                body = json.dumps({"error": f"stand-in error {status}"}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Retry-After", "0")
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_HEAD = do_POST = do_GET
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()

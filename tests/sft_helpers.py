@@ -15,7 +15,9 @@ def tiny_tokenizer():
     from hf_nanochat.data.chat_data import build_mixture
     from hf_nanochat.data.tokenizer import train_tokenizer
 
-    mix = build_mixture([{"source": s, "size": 150} for s in ("arithmetic", "spelling_bee", "identity", "simple_spelling")])
+    specs = [{"source": "arithmetic", "size": 150}, {"source": "identity", "size": 150}]
+    specs += [{"source": s, "size": 150, "words": "bundled"} for s in ("spelling_bee", "simple_spelling")]
+    mix = build_mixture(specs)
     texts = ["".join(p["text"] for m in row for p in m["content"]) for row in mix["messages"]]
     return train_tokenizer(texts, vocab_size=VOCAB)
 

@@ -102,10 +102,10 @@ def test_multiple_choice_record_and_prompt():
 
 
 def test_synthetic_sources_are_deterministic_and_correct():
-    a = chat_data.spelling_bee(size=20)
-    b = chat_data.spelling_bee(size=20)
+    a = chat_data.spelling_bee(size=20, words="bundled")
+    b = chat_data.spelling_bee(size=20, words="bundled")
     assert a["messages"] == b["messages"]
-    test = chat_data.spelling_bee(size=20, split="test")
+    test = chat_data.spelling_bee(size=20, split="test", words="bundled")
     assert a["messages"] != test["messages"]
     for row in a["messages"]:
         parts = row[1]["content"]
@@ -123,10 +123,82 @@ def test_mixture_from_local_files_and_errors(tmp_path):
     gsm = tmp_path / "gsm.jsonl"
     gsm.write_text("\n".join(json.dumps(GSM_ROW) for _ in range(3)))
     mix = chat_data.build_mixture(
-        [{"source": "gsm8k", "path": str(gsm)}, {"source": "identity", "size": 4, "repeat": 2}, {"source": "arithmetic", "size": 10, "stop": 5}]
+        [{"source": "gsm8k", "path": str(gsm)}, {"source": "identity", "size": 4, "repeat": 2}, {"source": "arithmetic", "size": 10, "stop": 5}],
+        record=(record := []),
     )
     assert len(mix) == 3 + 8 + 5
+    assert [(r["source"], r["rows"], r["hub_dataset"], r.get("path")) for r in record] == [
+        ("gsm8k", 3, None, str(gsm)), ("identity", 8, None, None), ("arithmetic", 5, None, None)]
     with pytest.raises(ValueError, match="unknown chat data source"):
         chat_data.load_source({"source": "nope"})
     with pytest.raises(ValueError, match="does not take"):
         chat_data.load_source({"source": "arithmetic", "subset": "x"})
+
+
+def _spelled_word(row) -> str:
+    return row[1]["content"][0]["text"].split("in the word '")[1].split("'")[0] if "count" in row[1]["content"][0]["text"] else None
+
+
+def test_spelling_test_words_are_held_out_from_training_words():
+    """nanochat's SpellingBee test split draws from the training words (only the seeds differ):
+    a test (word, letter) pair is then mostly one seen in training. Ours holds out 10% of the words."""
+    words = chat_data.load_words("bundled")
+    train, test = chat_data.split_words(words, "train"), chat_data.split_words(words, "test")
+    assert not set(train) & set(test) and sorted(train + test) == list(words)
+    assert 0.05 < len(test) / len(words) < 0.15
+    trained = {_spelled_word(r) for r in chat_data.spelling_bee(size=2000, words="bundled")["messages"]}
+    trained |= {r[0]["content"][0]["text"].removeprefix("Spell the word: ") for r in chat_data.simple_spelling(size=2000, words="bundled")["messages"]}
+    tested = {_spelled_word(r) for r in chat_data.spelling_bee(size=256, split="test", words="bundled")["messages"]}
+    assert tested <= set(test) and trained <= set(train) and not tested & trained
+    assert chat_data.is_test_word("strawberry") == chat_data.is_test_word("strawberry")  # by the word, not its position
+
+
+def test_bundled_word_list_warns_and_english_needs_its_package(monkeypatch, tmp_path):
+    import sys
+
+    with pytest.warns(chat_data.SmallWordListWarning, match="bundled list of 352 words"):
+        chat_data.load_words("bundled")
+    chat_data._read_words.cache_clear()
+    monkeypatch.setitem(sys.modules, "english_words", None)  # the package is not installed
+    with pytest.raises(ImportError, match="pip install english-words.*words: bundled"):
+        chat_data.spelling_bee(size=2)
+    chat_data._read_words.cache_clear()
+    (tmp_path / "w.txt").write_text("Apple\nbanana\nx-ray\n\ncherry\n" + "\n".join(f"w{'a' * i}" for i in range(40)))
+    words = chat_data.load_words(str(tmp_path / "w.txt"))
+    assert "apple" in words and "x-ray" not in words and len(words) == 43  # lower-case a-z only
+    with pytest.raises(FileNotFoundError, match="word list"):
+        chat_data.load_words(str(tmp_path / "missing.txt"))
+
+
+def test_english_word_list_from_the_package():
+    pytest.importorskip("english_words")
+    words = chat_data.load_words("english")
+    assert len(words) > 200_000 and {"strawberry", "apple"} <= set(words)
+    assert all(w.isascii() and w.isalpha() and w.islower() for w in words[::1000])
+
+
+def test_identity_conversations_in_nanochats_jsonl_format(tmp_path):
+    path = tmp_path / "identity_conversations.jsonl"
+    rows = [[{"role": "user", "content": f"who are you {i}?"}, {"role": "assistant", "content": "I am nanochat."}] for i in range(5)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    ds = chat_data.load_source({"source": "identity", "path": str(path), "repeat": 2})
+    assert len(ds) == 10 and ds[0]["messages"] == [chat_data.message("user", "who are you 0?"), chat_data.message("assistant", "I am nanochat.")]
+    assert [r["messages"][0]["content"][0]["text"] for r in ds][:5] == [f"who are you {i}?" for i in range(5)]  # file order
+    with pytest.raises(FileNotFoundError, match="identity_conversations.jsonl is one JSON list"):
+        chat_data.identity(path=str(tmp_path / "missing.jsonl"))
+    with pytest.raises(ValueError, match="not both"):
+        chat_data.identity(size=3, path=str(path))
+    (tmp_path / "bad.jsonl").write_text(json.dumps(rows[0]) + "\n" + json.dumps([{"role": "assistant", "content": "hi"}]) + "\n")
+    with pytest.raises(ValueError, match="bad.jsonl:2: expected a list"):
+        chat_data.identity(path=str(tmp_path / "bad.jsonl"))
+
+
+def test_file_and_hub_tasks_are_shuffled_with_seed_42_before_start_stop(tmp_path):
+    """nanochat's tasks load `load_dataset(...).shuffle(seed=42)` (tasks/smoltalk.py, tasks/mmlu.py,
+    tasks/gsm8k.py, ...) and Task's start/stop slice that order: `stop: 10000` is a random 10K."""
+    rows = [{"question": f"q{i}", "answer": f"#### {i}"} for i in range(50)]
+    path = tmp_path / "gsm.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    got = [r["messages"][0]["content"][0]["text"] for r in chat_data.load_source({"source": "gsm8k", "path": str(path), "start": 2, "stop": 12})]
+    expected = [r["question"] for r in Dataset.from_list(rows).shuffle(seed=42)][2:12]
+    assert got == expected and got != [f"q{i}" for i in range(2, 12)]

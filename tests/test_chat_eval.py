@@ -36,7 +36,10 @@ def test_multiple_choice_scores_the_argmax_letter(tmp_path):
     path = tmp_path / "arc.jsonl"
     path.write_text("\n".join(json.dumps(_arc_row(a)) for a in ["B", "C", "A"]))
     res = chat_eval.evaluate_chat(model, tok, ["ARC-Easy"], {"ARC-Easy": str(path)}, batch_size=2, progress=False)
-    assert res["tasks"]["ARC-Easy"] == {"accuracy": pytest.approx(1 / 3), "correct": 1, "total": 3, "baseline": 0.25}
+    assert res["tasks"]["ARC-Easy"] == {
+        "accuracy": pytest.approx(1 / 3), "correct": 1, "total": 3, "baseline": 0.25,
+        "sample": {"scored": 3, "of": 3, "seed": 42, "random_sample": False}, "data": str(path),
+    }
     # only the question's own letters compete: with choices A/C the second favourite (C) wins
     records = [{"messages": chat_eval.chat_data.mc_record("q", ["x", "y"], 1, letters=["A", "C"])["messages"], "letters": ["A", "C"], "answer": "C"}]
     assert chat_eval.predict_letters(model, tok, records) == ["C"]
@@ -47,8 +50,10 @@ def test_gsm8k_scores_the_final_answer(tmp_path):
     rows = [{"question": "1+1?", "answer": "1+1=<<1+1=2>>2\n#### 2"}, {"question": "2+3?", "answer": "2+3=<<2+3=5>>5\n#### 5"}]
     path = tmp_path / "gsm8k.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
-    completions = iter([["The answer is\n#### 2"], ["I think\n#### 6"]])  # right, then wrong
-    res = chat_eval.evaluate_chat(_Dummy(), tok, ["GSM8K"], {"GSM8K": str(path)}, generate=lambda ids: next(completions), progress=False)
+    def answer(ids):  # right for 1+1, wrong for 2+3 (rows arrive in the seed-42 shuffled order)
+        return ["The answer is\n#### 2"] if "1+1?" in tok.decode(ids) else ["I think\n#### 6"]
+
+    res = chat_eval.evaluate_chat(_Dummy(), tok, ["GSM8K"], {"GSM8K": str(path)}, generate=answer, progress=False)
     assert res["tasks"]["GSM8K"]["correct"] == 1 and res["tasks"]["GSM8K"]["total"] == 2
     assert chat_eval.extract_answer("so #### 1,234.") == "1234."
     assert chat_eval.numeric_answer_correct(chat_eval.chat_data.gsm8k_record(rows[0]), "#### 2")
@@ -91,10 +96,34 @@ def test_spelling_bee_is_offline_and_scored():
     def oracle(prompt_ids):  # answers from the prompt itself: counts the letter in the word
         return ["#### 0"]
 
-    res = chat_eval.evaluate_chat(_Dummy(), tok, ["SpellingBee"], max_problems=20, generate=oracle, progress=False)
-    records = list(chat_eval.TASKS["SpellingBee"].load(None).select(range(20)))
+    res = chat_eval.evaluate_chat(_Dummy(), tok, ["SpellingBee"], {"SpellingBee": "bundled"}, max_problems=20, generate=oracle, progress=False)
+    records = list(chat_eval.TASKS["SpellingBee"].load("bundled").select(range(20)))
     zero = sum(chat_eval.extract_answer(chat_eval.reference_text(r)) == "0" for r in records)
     assert res["tasks"]["SpellingBee"]["correct"] == zero < 20
+
+
+def test_max_problems_scores_a_seeded_random_sample_and_says_so(tmp_path, capsys):
+    """nanochat's tasks shuffle with seed 42 and chat_eval.py scores the first N of that order:
+    a random sample (not the first subjects of MMLU), the same N for every task, printed as such."""
+    tok = tiny_tokenizer()
+    rows = [{"question": f"q{i}", "choices": ["a", "b", "c", "d"], "answer": i % 4, "subject": f"s{i // 10}"} for i in range(40)]
+    path = tmp_path / "mmlu.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    asked = []
+
+    class Recorder(FavouriteTokenModel):
+        def forward(self, input_ids):
+            asked.extend(tok.decode(ids) for ids in input_ids.tolist())
+            return super().forward(input_ids)
+
+    a = encode_plain(tok, ["A"])[0][0]
+    res = chat_eval.evaluate_chat(Recorder(len(tok), a, a), tok, ["MMLU"], {"MMLU": str(path)}, max_problems=5, batch_size=1)
+    shuffled = [r["question"] for r in chat_eval.chat_data.Dataset.from_list(rows).shuffle(seed=42)][:5]
+    assert [next(q for q in (r["question"] for r in rows) if f"question: {q}\n" in text) for text in asked] == shuffled
+    assert shuffled != [f"q{i}" for i in range(5)]
+    assert res["tasks"]["MMLU"]["sample"] == {"scored": 5, "of": 40, "seed": 42, "random_sample": True}
+    assert "random sample of 5 of 40, seed 42" in capsys.readouterr().out
+    assert "| random sample of 5 of 40, seed 42 |" in chat_eval.markdown_table(res, "t")
 
 
 def test_chatcore_centres_on_baselines_and_table():
@@ -103,7 +132,7 @@ def test_chatcore_centres_on_baselines_and_table():
     assert chat_eval.chatcore({name: 1.0 for name in chat_eval.TASKS}) == pytest.approx(1.0)
     res = {"tasks": {"MMLU": {"accuracy": 0.4, "correct": 4, "total": 10, "baseline": 0.25}}, "chatcore": 0.2, "chatcore_complete": False}
     table = chat_eval.markdown_table(res, "Chat evaluation")
-    assert "| MMLU | 40.00% | 4 / 10 | 0.2000 |" in table and "partial" in table
+    assert "| MMLU | 40.00% | 4 / 10 | - | 0.2000 |" in table and "partial" in table
 
 
 class _Dummy(torch.nn.Module):

@@ -1,5 +1,6 @@
 """Pretraining stream: exact packing, resume, rank disjointness, splits, sources, errors."""
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -198,18 +199,121 @@ def test_offline_corpus_is_deterministic(tmp_path):
     assert sum(len(t.encode()) for shard in texts for t in shard) >= 200_000
 
 
-def test_default_source_falls_back_to_offline_corpus(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("HF_NANOCHAT_CACHE", str(tmp_path))
+def _no_offline_corpus(*args, **kwargs):
+    raise AssertionError("the offline corpus must never stand in for a named dataset")
+
+
+@pytest.mark.parametrize("status", [429, pytest.param(503, marks=pytest.mark.slow)])  # ~10 s each: the library retries
+def test_hub_failure_is_a_clear_error_never_the_offline_corpus(monkeypatch, status):
+    from huggingface_hub import constants
+
+    from hub_standin import ErroringHub
+
+    monkeypatch.setattr(data, "offline_corpus", _no_offline_corpus)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with ErroringHub(status) as hub:
+        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+        for source in (data.DEFAULT_SOURCE, "someone/other"):
+            with pytest.raises(data.HubSourceError) as info:
+                resolve_source(source)
+            message = str(info.value)
+            assert f"Hub dataset {source!r}" in message and str(status) in message
+            assert "retry" in message and "pass the folder" in message and "dataset: offline" in message
+    asked = [p for p in hub.requests if p.startswith("/api/datasets/karpathy/fineweb-edu-100b-shuffle")]
+    assert len(asked) > 1  # huggingface_hub retried before giving up
+
+
+def test_offline_mode_says_so_and_offline_corpus_only_when_asked(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "offline_corpus", _no_offline_corpus)
+    with pytest.raises(data.HubSourceError, match="HF_HUB_OFFLINE is set: unset it"):
+        resolve_source(data.DEFAULT_SOURCE)  # conftest switches the Hub off
+    monkeypatch.setattr(data, "offline_corpus", lambda: offline_corpus(tmp_path / "c", max_bytes=50_000, num_shards=2))
+    assert [Path(f).name for f in resolve_source("offline")] == ["shard_00000.parquet", "shard_00001.parquet"]
+
+
+class FakeAccelerator:
+    """Two processes sharing one broadcast channel (what accelerate's broadcast_object_list does)."""
+
+    channel: list = []
+
+    def __init__(self, main: bool):
+        self.num_processes, self.is_main_process = 2, main
+
+
+def test_source_is_resolved_once_on_the_main_process_and_shared(tmp_path, monkeypatch):
+    import accelerate.utils
+
+    def broadcast(payload, from_process=0):
+        if FakeAccelerator.channel:  # the other rank receives what the main process sent
+            return FakeAccelerator.channel.pop()
+        FakeAccelerator.channel.append(list(payload))
+        return payload
+
+    monkeypatch.setattr(accelerate.utils, "broadcast_object_list", broadcast)
+    for f in range(3):
+        write_jsonl(tmp_path / f"p{f}.jsonl", [doc(f)])
     calls = []
+    real = data.resolve_source
+    monkeypatch.setattr(data, "resolve_source", lambda s: calls.append(s) or real(s))
+    main = data.resolve_source_once(str(tmp_path), FakeAccelerator(main=True))
+    other = data.resolve_source_once("ignored: only the main process resolves", FakeAccelerator(main=False))
+    assert main == other == [str(tmp_path / f"p{f}.jsonl") for f in range(3)] and calls == [str(tmp_path)]
+    with pytest.raises(data.HubSourceError):  # fails on the main process...
+        data.resolve_source_once("someone/other", FakeAccelerator(main=True))
+    with pytest.raises(RuntimeError, match="on the main process failed: HubSourceError"):
+        data.resolve_source_once("someone/other", FakeAccelerator(main=False))  # ...and on every rank
 
-    def small_corpus(output_dir=None, max_bytes=0, num_shards=0):
-        calls.append(1)
-        return offline_corpus(tmp_path / "corpus", max_bytes=100_000, num_shards=2)
 
-    monkeypatch.setattr(data, "offline_corpus", small_corpus)
-    monkeypatch.setattr(data, "_NOTIFIED", [])
-    files = resolve_source(data.DEFAULT_SOURCE)  # conftest switches the Hub off
-    assert "unreachable" in capsys.readouterr().out and calls
-    assert [p.rsplit("/", 1)[-1] for p in files] == ["shard_00000.parquet", "shard_00001.parquet"]
-    with pytest.raises(ValueError, match="could not read Hub dataset 'someone/other'"):
-        resolve_source("someone/other")
+def _epoch_documents(ds) -> list[str]:
+    return [ex["text"] for ex in ds]
+
+
+def test_three_ranks_over_seven_shards_read_disjoint_shares_covering_every_document(tmp_path):
+    """7 train shards + 1 val over 3 ranks: each rank opens only its shards, every training
+    document is read by exactly one rank once per epoch."""
+    for f in range(8):
+        write_jsonl(tmp_path / f"part_{f}.jsonl", [doc(f * 10 + i) for i in range(10)])
+    files = resolve_source(str(tmp_path))
+    seen = []
+    for rank in range(3):
+        kind, share = data.rank_share(data.split_files(files, "train"), rank, 3)
+        assert kind == "files"
+        for other in set(files[:-1]) - set(share):  # a rank that opened another rank's shard would fail
+            Path(other).write_text("not json\n")
+        seen.append(_epoch_documents(load_documents(files, "train", rank=rank, world_size=3)))
+        for f in range(7):  # restore for the next rank
+            write_jsonl(tmp_path / f"part_{f}.jsonl", [doc(f * 10 + i) for i in range(10)])
+    everything = [d for docs in seen for d in docs]
+    assert sorted(everything) == sorted(doc(i) for i in range(70))  # each document once, none missing
+    assert [len(d) for d in seen] == [30, 20, 20]
+
+
+def test_parquet_with_fewer_files_than_ranks_strides_row_groups(tok, tmp_path):
+    """nanochat's rank::world row-group striding when there are fewer files than ranks."""
+    pq.write_table(pa.table({"text": [doc(i) for i in range(70)]}), tmp_path / "a_train.parquet", row_group_size=10)
+    pq.write_table(pa.table({"text": [doc(100 + i) for i in range(30)]}), tmp_path / "b_val.parquet", row_group_size=10)
+    files = resolve_source(str(tmp_path))
+    assert data.rank_share(data.split_files(files, "train"), 1, 3) == ("row_groups", [(files[0], 1), (files[0], 4)])
+    for split, expected in (("train", range(70)), ("val", range(100, 130))):
+        seen = [_epoch_documents(load_documents(files, split, rank=r, world_size=3)) for r in range(3)]
+        assert sorted(d for docs in seen for d in docs) == sorted(doc(i) for i in expected)
+        assert all(seen)
+    with pytest.raises(ValueError, match="cannot give each of 40 ranks its own share"):
+        load_documents(files, "val", rank=0, world_size=40)
+
+
+def test_row_group_shares_resume_exactly(tok, tmp_path):
+    pq.write_table(pa.table({"text": [doc(i) for i in range(120)]}), tmp_path / "a.parquet", row_group_size=8)
+    pq.write_table(pa.table({"text": [doc(i) for i in range(10)]}), tmp_path / "b.parquet")
+    files = resolve_source(str(tmp_path))
+    kwargs = dict(seq_len=8, batch_size=2, docs_per_chunk=3, rank=1, world_size=3)
+    straight = take(PretrainStream(tok, files, **kwargs), 30)
+    first = PretrainStream(tok, files, **kwargs)
+    take(first, 13)
+    resumed = PretrainStream(tok, files, **kwargs)
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    for (a, b), (c, d) in zip(take(resumed, 17), straight[13:30]):
+        assert torch.equal(a, c) and torch.equal(b, d)
+    texts = tok.decode([t for x, y in straight for t in torch.cat([x, y[:, -1:]], 1).flatten().tolist()])
+    ours = {doc(g * 8 + i) for g in (1, 4, 7, 10, 13) for i in range(8) if g * 8 + i < 120}
+    assert {d for d in texts.split("<|bos|>")[1:-1]} <= ours  # only rank 1's row groups

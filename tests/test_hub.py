@@ -56,7 +56,27 @@ def test_card_without_report_states_it(model_folder, tmp_path):
             (folder / f.name).write_bytes(f.read_bytes())
     text = (build_upload_folder(folder, tmp_path / "up", REPO) / "README.md").read_text()
     assert "without a training report" in text
-    assert ModelCard(text).data.datasets == ["HuggingFaceFW/fineweb-edu"]
+    assert ModelCard(text).data.datasets is None and "does not record its training data" in text  # no guessed datasets
+
+
+def test_card_names_the_data_each_stage_recorded(model_folder, tmp_path):
+    from hf_nanochat.data.provenance import DATA_RECORD, write_stage_record
+
+    folder = tmp_path / "recorded"
+    folder.mkdir()
+    for f in model_folder.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    write_stage_record(folder, "base", {"source": "karpathy/fineweb-edu-100b-shuffle", "hub_dataset": "karpathy/fineweb-edu-100b-shuffle",
+                                        "offline_corpus": False, "files": 1823, "text_column": "text"})
+    write_stage_record(folder, "sft", {"loss_tokens": "assistant", "eval": [], "train": [
+        {"source": "smoltalk", "split": "train", "stop": 10000, "rows": 10000, "hub_dataset": "HuggingFaceTB/smol-smoltalk"},
+        {"source": "identity", "path": "identity_conversations.jsonl", "rows": 1000, "hub_dataset": None}]})
+    out = build_upload_folder(folder, tmp_path / "up", REPO)
+    text = (out / "README.md").read_text()
+    assert ModelCard(text).data.datasets == ["karpathy/fineweb-edu-100b-shuffle", "HuggingFaceTB/smol-smoltalk"]
+    assert "- base: `karpathy/fineweb-edu-100b-shuffle`, 1823 files" in text
+    assert "  - train: identity from `identity_conversations.jsonl`: 1,000 rows" in text
+    assert (out / DATA_RECORD).read_text() == (folder / DATA_RECORD).read_text()
 
 
 def test_refuses_folders_it_cannot_share(model_folder, tmp_path):

@@ -64,9 +64,12 @@ def test_ten_step_sft_lowers_assistant_loss_and_saves_stage(tmp_path, base_dir, 
 
     from hf_nanochat.data.tokenizer import load_tokenizer
 
+    from hf_nanochat.data.provenance import read_stage_records, write_stage_record
+
     tok = tiny_tokenizer()
     convs = _train_convs()["messages"]
     before = assistant_loss(AutoModelForCausalLM.from_pretrained(base_dir), tok, convs)
+    write_stage_record(base_dir, "base", {"source": "offline", "files": 10})
     metrics = run_sft_stage(_cfg(tmp_path, packing=packing))
     assert metrics["global_step"] == 10
     out = tmp_path / "out"
@@ -76,6 +79,48 @@ def test_ten_step_sft_lowers_assistant_loss_and_saves_stage(tmp_path, base_dir, 
     assert (out / "model.safetensors").exists() and (out / "modeling_nanochat_gpt.py").exists()
     assert json.loads((out / "train_metrics.json").read_text())["global_step"] == 10
     assert SFTStageConfig.from_yaml(out / "stage_config.yaml").packing == packing
+    stages = read_stage_records(out)  # what each stage read, the base's record carried along
+    assert list(stages) == ["base", "sft"] and stages["base"]["source"] == "offline"
+    assert stages["sft"]["loss_tokens"] == "assistant" and stages["sft"]["train_conversations"] == 32
+    assert [(r["source"], r["rows"], r["size"]) for r in stages["sft"]["train"]] == [("arithmetic", 32, 32)]
+
+
+def test_mid_trains_on_every_token_and_sft_on_assistant_tokens(tmp_path):
+    """nanochat's mid_train.py renders conversations and drops the mask (`ids, _ =
+    tokenizer.render_conversation(conversation)`); chat_sft.py masks non-assistant targets."""
+    from trl import SFTConfig, SFTTrainer
+
+    assert SFTStageConfig.from_dict(dict(stage="mid", model="m", output_dir="o", data={"train": [{"source": "arithmetic"}]})).loss_tokens == "all"
+    assert _cfg(tmp_path).loss_tokens == "assistant"
+    tok, convs = tiny_tokenizer(), _train_convs(4)
+    mid, sft = tokenize_conversations(convs, tok, loss_tokens="all"), tokenize_conversations(convs, tok)
+    assert all(all(m) for m in mid["assistant_masks"]) and mid["input_ids"] == sft["input_ids"]
+    assert all(0 < sum(m) < len(m) for m in sft["assistant_masks"])
+    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, packing=False, max_length=256,
+                     per_device_train_batch_size=4, report_to=[], shuffle_dataset=False)
+    for data, every in ((mid, True), (sft, False)):
+        batch = next(iter(SFTTrainer(model=tiny_model(), args=args, train_dataset=data, processing_class=tok).get_train_dataloader()))
+        real = batch["attention_mask"].bool() if "attention_mask" in batch else torch.ones_like(batch["labels"], dtype=torch.bool)
+        supervised = (batch["labels"] != -100) & real
+        assert bool((supervised == real).all()) == every  # TRL takes the loss where our mask says
+
+
+def test_sft_keeps_muon_momentum_constant_mid_ramps_it_and_neither_clips(tmp_path):
+    from hf_nanochat.train.sft import NanochatSchedule, build_stage_optimizer
+
+    mid = SFTStageConfig.from_dict(dict(stage="mid", model="m", output_dir="o", data={"train": [{"source": "arithmetic"}]}))
+    sft = _cfg(tmp_path, optimizer="muon")
+    assert (mid.muon_momentum_ramp, sft.muon_momentum_ramp) == (True, False)
+    assert mid.max_grad_norm == sft.max_grad_norm == 0.0  # Trainer clips only when > 0
+    for cfg, expected in ((mid, [0.85, 0.85 + 0.1 / 300, 0.85 + 0.2 / 300]), (sft, [0.95, 0.95, 0.95])):
+        opt = build_stage_optimizer(tiny_model(), cfg, torch.device("cpu"))
+        schedule = NanochatSchedule(opt, 100, 0.2, momentum_ramp=cfg.muon_momentum_ramp)
+        seen = []
+        for _ in range(3):
+            seen.append(next(g["momentum"] for g in opt.param_groups if g["kind"] == "muon"))
+            opt.step()
+            schedule.step()
+        assert seen == pytest.approx(expected)
 
 
 def test_muon_stage_follows_nanochat_schedule(tmp_path, base_dir):

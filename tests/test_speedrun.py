@@ -105,6 +105,14 @@ def test_report_numbers_come_from_the_run(run):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     # The final model folder carries the report, so the Hub card embeds it.
     assert (out / "sft" / "report.md").read_text() == md
+    # Which data each stage read comes from the stages' own records, not the recipe.
+    used = json.loads((out / "sft" / "data_used.json").read_text())["stages"]
+    assert list(used) == ["base", "mid", "sft"] == list(report["data"])
+    assert used["base"]["offline_corpus"] and used["mid"]["loss_tokens"] == "all" and used["sft"]["loss_tokens"] == "assistant"
+    assert [p["rows"] for p in used["mid"]["train"]] == [400, 200, 200, 200]  # arithmetic, identity x2, spelling_bee, simple_spelling
+    assert "## Data (what each stage read)" in md and "offline corpus of Python's own docs" in md
+    assert json.loads((out / "eval_base.json").read_text())["source"] == "offline"  # the base stage's recorded source
+    assert "SpellingBee: random sample of 16 of 256, seed 42" in md
 
 
 def test_every_recipe_plans_without_running(tmp_path):

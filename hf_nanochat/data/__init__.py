@@ -4,7 +4,10 @@ mixtures (`chat_data`).
 The stream's public names stay importable from `hf_nanochat.data`, where they lived when it was
 one module. They load on first use so that importing the tokenizer does not import `datasets`.
 """
-_STREAM_NAMES = ("DEFAULT_SOURCE", "OFFLINE_SOURCE", "PretrainStream", "load_documents", "offline_corpus", "resolve_source")
+_STREAM_NAMES = (
+    "DEFAULT_SOURCE", "OFFLINE_SOURCE", "HubSourceError", "PretrainStream", "load_documents", "offline_corpus",
+    "resolve_source", "resolve_source_once",
+)
 
 
 def __getattr__(name: str):

@@ -6,26 +6,35 @@ always a list of parts (a plain string is one text part) because Arrow cannot st
 string or a list" in one column; `render_conversation` accepts both forms.
 
 Sources (nanochat's mid-training and SFT mixtures):
-  offline, synthetic: spelling_bee (count a letter, manual + python tool call), simple_spelling,
-      arithmetic (calculator tool calls), identity (who am I)
+  synthetic: spelling_bee (count a letter, manual + python tool call), simple_spelling (both on a
+      real English word list, test words held out from training words), arithmetic (calculator
+      tool calls), identity (nanochat's identity_conversations.jsonl from `path:`, or a tiny
+      synthetic set for offline recipes)
   Hub or local files: smoltalk, mmlu (multiple choice; `auxiliary_train` for mid-training),
       gsm8k (its <<expr=result>> calculator annotations become python/python_output parts),
-      arc (ARC-Easy / ARC-Challenge), humaneval (evaluation only)
+      arc (ARC-Easy / ARC-Challenge), humaneval (evaluation only). Each is shuffled with seed 42
+      when loaded, before `start`/`stop` slice it, as nanochat's tasks do (tasks/smoltalk.py,
+      tasks/mmlu.py, ...: `load_dataset(...).shuffle(seed=42)`), so `stop: 10000` is a random
+      10K and an evaluation's first N problems are a seeded random sample.
 Evaluation tasks keep extra columns next to `messages` (`letters`/`answer` for multiple choice,
 `test`/`entry_point` for HumanEval); a training mixture keeps only `messages`.
 
 A mixture in YAML is a list of source specs, e.g.
     - {source: gsm8k, subset: main, split: train}
-    - {source: identity, size: 1000, repeat: 2}       # repeat = oversample (nanochat passes it twice)
+    - {source: identity, path: identity_conversations.jsonl, repeat: 2}   # repeat = oversample (nanochat passes it twice)
     - {source: smoltalk, split: train, stop: 10000, path: ./smoltalk.jsonl}   # local file instead of the Hub
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import inspect
+import json
 import operator
 import random
 import re
 import string
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,10 +42,19 @@ from typing import Any
 from datasets import Dataset, concatenate_datasets, load_dataset
 
 WORDS_FILE = Path(__file__).parent.parent / "resources" / "words.txt"
-# Test examples draw from seeds far above any train index, so the two splits never overlap
-# (nanochat's SpellingBee does the same).
+# Test examples draw from seeds far above any train index (nanochat's SpellingBee,
+# tasks/spellingbee.py TEST_RANDOM_SEED_OFFSET), and, unlike nanochat, from held-out words.
 TEST_SEED_OFFSET = 10_000_000
+TEST_WORDS_PER_MILLE = 100  # 10% of the words are test words, never seen in training
 LETTERS = "ABCD"
+TASK_SHUFFLE_SEED = 42  # nanochat's tasks shuffle every dataset with seed 42 when loading it
+HUB_DATASETS = {
+    "smoltalk": "HuggingFaceTB/smol-smoltalk",
+    "mmlu": "cais/mmlu",
+    "arc": "allenai/ai2_arc",
+    "gsm8k": "openai/gsm8k",
+    "humaneval": "openai/openai_humaneval",
+}
 
 
 # --------------------------------------------------------------------------- message helpers
@@ -57,14 +75,66 @@ def messages_from_openai(rows: list[dict]) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- synthetic sources
-def load_words(path: str | Path | None = None) -> list[str]:
-    """The word list for the spelling tasks: bundled (~350 common words) or a file, one word a line
-    (e.g. nanochat's 370k-word `words_alpha.txt` for a full run)."""
-    words = [w.strip() for w in Path(path or WORDS_FILE).read_text(encoding="utf-8").splitlines()]
-    words = [w for w in words if w]
-    if not words:
-        raise ValueError(f"word list {path or WORDS_FILE} is empty")
-    return words
+class SmallWordListWarning(UserWarning):
+    """The spelling tasks are using the small bundled word list (offline tests only)."""
+
+
+def load_words(words: str = "english") -> tuple[str, ...]:
+    """The spelling tasks' word list, lower-case a-z words, sorted:
+    "english": the `english-words` package's web2 + GCIDE lists (~260K words; nanochat uses
+        dwyl's 370K-word words_alpha.txt, tasks/spellingbee.py WORD_LIST_URL);
+    "bundled": ~350 common words shipped here, for offline tests (warns: a score on it says little);
+    a path: a file with one word a line (e.g. nanochat's words_alpha.txt)."""
+    found = _read_words(str(words))
+    if words == "bundled":
+        warnings.warn(
+            f"spelling tasks use the bundled list of {len(found)} words: fine for tests, but a model trained "
+            "or scored on it learns little; use `words: english` (pip install english-words)",
+            SmallWordListWarning,
+            stacklevel=2,
+        )
+    return found
+
+
+@functools.lru_cache(maxsize=8)
+def _read_words(words: str) -> tuple[str, ...]:
+    if words == "english":
+        try:
+            from english_words import get_english_words_set
+        except ImportError as err:
+            raise ImportError(
+                "the spelling tasks' word list comes from the `english-words` package: `pip install english-words`; "
+                "or set `words:` to a file with one word a line (nanochat's words_alpha.txt), or `words: bundled` "
+                "for the small offline list (tests only)"
+            ) from err
+        found = get_english_words_set(["web2", "gcide"], alpha=True, lower=True)
+    elif words == "bundled":
+        found = WORDS_FILE.read_text(encoding="utf-8").split()
+    else:
+        path = Path(words).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"word list {words!r} not found: use english, bundled or a file with one word a line")
+        found = path.read_text(encoding="utf-8").split()
+    found = sorted({w.strip().lower() for w in found if w.strip().isascii() and w.strip().isalpha()})
+    if len(found) < 2:
+        raise ValueError(f"word list {words!r} has {len(found)} usable (a-z) words; it needs at least 2")
+    return tuple(found)
+
+
+def is_test_word(word: str) -> bool:
+    """10% of all words, chosen by a hash of the word (not its position, so any list agrees)."""
+    return int(hashlib.sha256(word.encode()).hexdigest()[:8], 16) % 1000 < TEST_WORDS_PER_MILLE
+
+
+def split_words(words: tuple[str, ...] | list[str], split: str) -> list[str]:
+    """The split's words: test words are held out of training, so SpellingBee measures spelling,
+    not memorised (word, letter) pairs."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    picked = [w for w in words if is_test_word(w) == (split == "test")]
+    if not picked:
+        raise ValueError(f"the word list has no {split} words ({len(words)} words in all); use a longer list")
+    return picked
 
 
 def _rng(index: int, split: str, salt: int = 0) -> random.Random:
@@ -89,8 +159,7 @@ def spelling_bee_example(index: int, split: str = "train", words: list[str] | No
     """'How many r in strawberry?': spell it out, count by hand, check with a python tool call,
     end with nanochat's `#### N` answer line (what GSM8K-style grading extracts)."""
     rng = _rng(index, split, salt=1)
-    words = words or load_words()
-    word = rng.choice(words)
+    word = rng.choice(words or split_words(load_words(), split))
     letter = rng.choice(word) if rng.random() < 0.9 else rng.choice(string.ascii_lowercase)
     count = word.count(letter)
     quote = rng.choice(["", "'", '"'])
@@ -122,7 +191,7 @@ def spelling_bee_example(index: int, split: str = "train", words: list[str] | No
 
 def simple_spelling_example(index: int, split: str = "train", words: list[str] | None = None) -> list[dict]:
     rng = _rng(index, split, salt=2)
-    word = rng.choice(words or load_words())
+    word = rng.choice(words or split_words(load_words(), split))
     return [message("user", f"Spell the word: {word}"), message("assistant", f"{word}:{','.join(word)}")]
 
 
@@ -183,32 +252,70 @@ def _synthetic(fn: Callable[..., list[dict]], size: int, split: str, **kwargs) -
     return Dataset.from_dict({"messages": [fn(i, split, **kwargs) for i in range(size)]})
 
 
-def spelling_bee(size: int = 1000, split: str = "train", words_path: str | None = None) -> Dataset:
-    return _synthetic(spelling_bee_example, size, split, words=load_words(words_path))
+def spelling_bee(size: int = 1000, split: str = "train", words: str = "english") -> Dataset:
+    return _synthetic(spelling_bee_example, size, split, words=split_words(load_words(words), split))
 
 
-def simple_spelling(size: int = 1000, split: str = "train", words_path: str | None = None) -> Dataset:
-    return _synthetic(simple_spelling_example, size, split, words=load_words(words_path))
+def simple_spelling(size: int = 1000, split: str = "train", words: str = "english") -> Dataset:
+    return _synthetic(simple_spelling_example, size, split, words=split_words(load_words(words), split))
 
 
 def arithmetic(size: int = 1000, split: str = "train") -> Dataset:
     return _synthetic(arithmetic_example, size, split)
 
 
-def identity(size: int = 1000, split: str = "train", name: str = "nanochat", creator: str = "its user", path: str | None = None) -> Dataset:
-    """Synthetic identity chats, or nanochat-style `identity_conversations.jsonl` (one JSON list of
-    {role, content} messages per line) from `path`."""
+def read_conversations_jsonl(path: str | Path) -> list[list[dict]]:
+    """nanochat's CustomJSON format (tasks/customjson.py, e.g. identity_conversations.jsonl): one
+    JSON list of {"role", "content"} messages per line, user and assistant alternating, user
+    first. Read by hand: `datasets`' json loader wants an object per line, not a list."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"conversations file {str(path)!r} not found: nanochat's identity_conversations.jsonl is one JSON list of "
+            "{role, content} messages per line (download it, or write your own in that format); "
+            "offline recipes use the synthetic identity set instead (`size:` without `path:`)"
+        )
+    conversations = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{number}: not JSON ({err})") from err
+        if isinstance(rows, dict) and "messages" in rows:
+            rows = rows["messages"]
+        ok = isinstance(rows, list) and len(rows) >= 2 and all(
+            isinstance(m, dict) and m.get("role") == ("user" if i % 2 == 0 else "assistant") and isinstance(m.get("content"), str)
+            for i, m in enumerate(rows)
+        )
+        if not ok:
+            raise ValueError(f"{path}:{number}: expected a list of >= 2 {{role, content}} messages, user and assistant alternating")
+        conversations.append(messages_from_openai(rows))
+    if not conversations:
+        raise ValueError(f"{path} has no conversations")
+    return conversations
+
+
+def identity(size: int | None = None, split: str = "train", name: str = "nanochat", creator: str = "its user", path: str | None = None) -> Dataset:
+    """nanochat's identity conversations from `path` (its identity_conversations.jsonl format,
+    every line, in file order as nanochat's CustomJSON), or `size` synthetic identity chats (a
+    tiny canned set for offline recipes)."""
     if path is not None:
-        rows = load_dataset("json", data_files=str(path), split="train")
-        column = "messages" if "messages" in rows.column_names else rows.column_names[0]
-        return Dataset.from_dict({"messages": [messages_from_openai(r[column]) for r in rows]})
-    return _synthetic(identity_example, size, split, name=name, creator=creator)
+        if size is not None:
+            raise ValueError("identity: give `path` (every conversation in the file) or `size` (synthetic), not both")
+        return Dataset.from_dict({"messages": read_conversations_jsonl(path)})
+    return _synthetic(identity_example, 1000 if size is None else size, split, name=name, creator=creator)
 
 
 # --------------------------------------------------------------------------- Hub / local sources
 def _load(hub_id: str, subset: str | None, split: str, path: str | None) -> Dataset:
     """A Hub dataset, or the same rows from a local file/folder (json, jsonl, parquet, csv, or a
-    `save_to_disk` folder) when `path` is given."""
+    `save_to_disk` folder) when `path` is given; shuffled with seed 42 (nanochat's tasks)."""
+    return _read(hub_id, subset, split, path).shuffle(seed=TASK_SHUFFLE_SEED)
+
+
+def _read(hub_id: str, subset: str | None, split: str, path: str | None) -> Dataset:
     if path is None:
         return load_dataset(hub_id, subset, split=split)
     p = Path(path)
@@ -285,12 +392,12 @@ def _mapped(ds: Dataset, fn: Callable[[dict], dict]) -> Dataset:
 
 
 def smoltalk(split: str = "train", path: str | None = None) -> Dataset:
-    ds = _load("HuggingFaceTB/smol-smoltalk", None, split, path)
+    ds = _load(HUB_DATASETS["smoltalk"], None, split, path)
     return _mapped(ds, lambda row: {"messages": messages_from_openai(row["messages"])})
 
 
 def mmlu(subset: str = "all", split: str = "test", path: str | None = None) -> Dataset:
-    ds = _load("cais/mmlu", subset, split, path)
+    ds = _load(HUB_DATASETS["mmlu"], subset, split, path)
     if "train" in ds.column_names and "question" not in ds.column_names:
         ds = ds.map(lambda row: row["train"], remove_columns=["train"])  # auxiliary_train nests its rows
     return _mapped(ds, mmlu_record)
@@ -299,15 +406,15 @@ def mmlu(subset: str = "all", split: str = "test", path: str | None = None) -> D
 def arc(subset: str = "ARC-Easy", split: str = "test", path: str | None = None) -> Dataset:
     if subset not in ("ARC-Easy", "ARC-Challenge"):
         raise ValueError(f"ARC subset must be ARC-Easy or ARC-Challenge, got {subset!r}")
-    return _mapped(_load("allenai/ai2_arc", subset, split, path), arc_record)
+    return _mapped(_load(HUB_DATASETS["arc"], subset, split, path), arc_record)
 
 
 def gsm8k(subset: str = "main", split: str = "train", path: str | None = None) -> Dataset:
-    return _mapped(_load("openai/gsm8k", subset, split, path), gsm8k_record)
+    return _mapped(_load(HUB_DATASETS["gsm8k"], subset, split, path), gsm8k_record)
 
 
 def humaneval(split: str = "test", path: str | None = None) -> Dataset:
-    return _mapped(_load("openai/openai_humaneval", None, split, path), humaneval_record)
+    return _mapped(_load(HUB_DATASETS["humaneval"], None, split, path), humaneval_record)
 
 
 def local_messages(path: str) -> Dataset:
@@ -354,12 +461,29 @@ def load_source(spec: dict[str, Any]) -> Dataset:
     return concatenate_datasets([ds] * repeat) if repeat > 1 else ds
 
 
-def build_mixture(specs: list[dict[str, Any]], seed: int = 42, shuffle: bool = True) -> Dataset:
-    """Concatenate the sources' `messages` and shuffle them together (nanochat's TaskMixture), so
-    every part of training sees every task."""
+def describe_source(spec: dict[str, Any], rows: int) -> dict[str, Any]:
+    """What one mixture entry loaded (hf_nanochat.data.provenance): its source, where from, rows."""
+    name = spec.get("source")
+    part = {k: v for k, v in spec.items() if k in ("source", "subset", "split", "start", "stop", "repeat", "size", "path")}
+    part["rows"] = rows
+    part["hub_dataset"] = HUB_DATASETS.get(name) if spec.get("path") is None else None
+    if name in ("spelling_bee", "simple_spelling"):
+        words = spec.get("words", inspect.signature(SOURCES[name]).parameters["words"].default)
+        all_words = load_words(words)
+        n_test = sum(map(is_test_word, all_words))
+        part["words"] = f"{words} ({len(all_words) - n_test:,} train / {n_test:,} held-out test words)"
+    return part
+
+
+def build_mixture(specs: list[dict[str, Any]], seed: int = 42, shuffle: bool = True, record: list | None = None) -> Dataset:
+    """Concatenate the sources' `messages` and shuffle them together (nanochat's TaskMixture,
+    tasks/common.py: `random.Random(42).shuffle(self.index_map)`), so every part of training sees
+    every task. With `record`, one `describe_source` entry per spec is appended to it."""
     if not specs:
         raise ValueError("a data mixture needs at least one source")
     parts = [load_source(s).select_columns(["messages"]) for s in specs]
+    if record is not None:
+        record += [describe_source(spec, len(part)) for spec, part in zip(specs, parts)]
     mixed = concatenate_datasets(parts)
     return mixed.shuffle(seed=seed) if shuffle else mixed
 
@@ -373,6 +497,8 @@ __all__ = [
     "humaneval_record",
     "load_source",
     "load_words",
+    "read_conversations_jsonl",
+    "split_words",
     "mc_record",
     "message",
     "mmlu_record",

@@ -4,12 +4,18 @@
   never has to fit on disk, or local parquet/jsonl/txt files and folders. Sorted data files,
   the LAST file is the validation split (nanochat's convention for its parquet shards); a
   single file holds out its last `VAL_FRACTION` of documents instead.
-- Without Hub access the default source falls back (with a notice) to `offline_corpus()`,
-  a few MB of documentation and code that ships with Python itself.
+- Never a silent substitute: a Hub failure is an error that says what failed and how to fix it.
+  The offline corpus (`offline_corpus()`, a few MB of documentation and code that ships with
+  Python itself) is used only when asked for by name: `dataset: offline`.
+- A training run resolves its source once, on the main process, and shares the file list with
+  every rank (`resolve_source_once`), so ranks and splits always read the same corpus.
 - Each document becomes `<|bos|>` + its tokens; the token stream is cut into rows of
   `seq_len + 1` tokens -> `(input_ids, targets)` of shape `(batch_size, seq_len)`.
   Tokenization runs in batches in the Rust tokenizer, in a prefetch thread.
-- Ranks read disjoint documents (`datasets.distributed.split_dataset_by_node`).
+- Each rank reads only its own share (`rank_share`): every world_size-th file when there are at
+  least as many files as ranks; otherwise every world_size-th parquet row group (nanochat's
+  `rank::world` striding, nanochat/dataloader.py `_document_batches`); a jsonl/txt split with
+  fewer files than ranks is split by document.
 - Resumable: the state is the datasets stream state at the start of the chunk of documents
   holding the next unread token, plus the token offset into that chunk. Documents are
   tokenized independently, so the token stream (and every batch) does not depend on where
@@ -41,7 +47,6 @@ OFFLINE_SOURCE = "offline"  # ask for the stdlib corpus explicitly
 DATA_EXTENSIONS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".txt": "text"}
 VAL_FRACTION = 0.01  # documents held out when a source is a single file
 SPLITS = ("train", "val")
-_NOTIFIED: list[bool] = []  # the offline-fallback notice was printed
 
 
 # ---------------------------------------------------------------- offline corpus
@@ -134,17 +139,38 @@ def _looks_like_hub_id(source: str) -> bool:
 def _hub_files(repo_id: str) -> list[str]:
     from huggingface_hub import HfApi
 
-    files = sorted(f for f in HfApi().list_repo_files(repo_id, repo_type="dataset") if Path(f).suffix in DATA_EXTENSIONS)
+    try:
+        listing = HfApi().list_repo_files(repo_id, repo_type="dataset")
+    except Exception as err:  # offline mode, HTTP 429/5xx, DNS, unknown repo...: say so, never substitute
+        raise _hub_error(repo_id, err) from err
+    files = sorted(f for f in listing if Path(f).suffix in DATA_EXTENSIONS)
     if not files:
         raise ValueError(f"Hub dataset {repo_id!r} has no parquet/jsonl/txt data files")
     return [f"hf://datasets/{repo_id}/{f}" for f in files]
 
 
+class HubSourceError(RuntimeError):
+    """The Hub could not list a dataset's files (offline mode, rate limit, server error, DNS...)."""
+
+
+def _hub_error(source: str, err: Exception) -> HubSourceError:
+    from huggingface_hub import constants
+
+    fixes = [
+        "retry (the Hub answers 429 when rate-limited and 5xx when it is down)",
+        "or download the files once (`hf download --repo-type dataset ...`) and pass the folder as the dataset",
+    ]
+    if constants.HF_HUB_OFFLINE:
+        fixes.insert(0, "HF_HUB_OFFLINE is set: unset it to reach the Hub")
+    fixes.append(f"or ask for the small offline corpus of Python docs with `dataset: {OFFLINE_SOURCE}` (smoke tests only)")
+    return HubSourceError(f"could not list the files of Hub dataset {source!r} ({type(err).__name__}: {err}); " + "; ".join(fixes))
+
+
 def resolve_source(source: str = DEFAULT_SOURCE) -> list[str]:
     """Sorted data files (local paths or hf:// URLs) of a source.
 
-    `source` is a local file or folder, a Hub dataset id, or "offline". The default Hub dataset
-    falls back to `offline_corpus()` with a printed notice when the Hub cannot be reached.
+    `source` is a local file or folder, a Hub dataset id, or "offline" (the stdlib corpus). A Hub
+    failure raises `HubSourceError`; nothing is ever substituted for the named data.
     """
     source = str(source)
     if source == OFFLINE_SOURCE:
@@ -163,30 +189,120 @@ def resolve_source(source: str = DEFAULT_SOURCE) -> list[str]:
         return [str(f) for f in files]
     if not _looks_like_hub_id(source):
         raise FileNotFoundError(f"data source {source!r}: no such file or folder (and not a Hub dataset id 'owner/name')")
-    try:
-        return _hub_files(source)
-    except Exception as err:  # offline mode, no network, DNS...: the Hub is unreachable
-        if source != DEFAULT_SOURCE:
-            raise ValueError(f"could not read Hub dataset {source!r} ({type(err).__name__}: {err})") from err
-        folder = offline_corpus()
-        if not _NOTIFIED:  # once per process, not once per split or rank
-            print(
-                f"notice: Hub dataset {source!r} is unreachable ({type(err).__name__}); using the offline corpus "
-                f"built from Python's own docs and source at {folder}",
-                flush=True,
-            )
-            _NOTIFIED.append(True)
-        return [str(p) for p in _data_files(folder)]
+    return _hub_files(source)
 
 
-def load_documents(source: str = DEFAULT_SOURCE, split: str = "train", text_column: str = "text") -> datasets.IterableDataset:
-    """The split's documents as a streaming `datasets.IterableDataset` with the single column `text_column`."""
+def resolve_source_once(source: str, accelerator=None) -> list[str]:
+    """`resolve_source` on the main process only, its file list shared with every rank
+    (accelerate's `broadcast_object_list`), so all ranks and both splits read the same files and
+    the Hub is asked once. An error on the main process is raised on every rank (no rank hangs)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return resolve_source(source)
+    from accelerate.utils import broadcast_object_list
+
+    payload: list = [None]
+    failure = None
+    if accelerator.is_main_process:
+        try:
+            payload = [{"files": resolve_source(source)}]
+        except Exception as err:
+            failure, payload = err, [{"error": f"{type(err).__name__}: {err}"}]
+    payload = broadcast_object_list(payload, from_process=0)
+    if failure is not None:
+        raise failure
+    if "error" in payload[0]:
+        raise RuntimeError(f"resolving data source {source!r} on the main process failed: {payload[0]['error']}")
+    return payload[0]["files"]
+
+
+def split_files(files: list[str], split: str) -> list[str]:
+    """The split's files: all but the last for train, the last for val (a single file is split
+    by documents in `load_documents`)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    files = resolve_source(source)
+    if len(files) < 2:
+        return list(files)
+    return files[:-1] if split == "train" else files[-1:]
+
+
+def describe_source(source, files: list[str]) -> dict:
+    """What a run read, for its output folder (`hf_nanochat.data.provenance`)."""
+    source = source if isinstance(source, str) else None
+    hub = None
+    if files and files[0].startswith("hf://datasets/"):
+        hub = "/".join(files[0].removeprefix("hf://datasets/").split("/")[:2])
+    return {
+        "source": source if source is not None else "files",
+        "hub_dataset": hub,
+        "offline_corpus": source == OFFLINE_SOURCE,
+        "files": len(files),  # the last is the val split (a single file: its last documents)
+        "first_file": files[0] if files else None,
+        "val_file": files[-1] if files else None,
+    }
+
+
+def _parquet_row_groups(path: str) -> int:
+    import fsspec
+    import pyarrow.parquet as pq
+
+    with fsspec.open(path, "rb") as f:
+        return pq.ParquetFile(f).metadata.num_row_groups
+
+
+def rank_share(files: list[str], rank: int, world_size: int) -> tuple[str, list]:
+    """This rank's disjoint share of the split's files, whatever the counts:
+    ("files", files[rank::world]) when every rank gets at least one file;
+    ("row_groups", [(file, row_group), ...][rank::world]) for parquet with fewer files than ranks
+    (nanochat strides row groups `rank::world`, nanochat/dataloader.py `_document_batches`);
+    ("documents", files) for jsonl/txt with fewer files than ranks (split by document)."""
+    if len(files) >= world_size:
+        return "files", files[rank::world_size]
+    if all(Path(f).suffix == ".parquet" for f in files):
+        units = [(f, g) for f in files for g in range(_parquet_row_groups(f))]
+        if len(units) < world_size:
+            raise ValueError(
+                f"{len(files)} parquet file(s) with {len(units)} row groups in all cannot give each of {world_size} "
+                "ranks its own share; write the data in more files or smaller row groups"
+            )
+        return "row_groups", units[rank::world_size]
+    return "documents", files
+
+
+def _row_group_documents(units: list[str], text_column: str):
+    """Generator for `IterableDataset.from_generator`: the documents of (file, row group) units.
+    Hand-written because `datasets` shards parquet by whole files only; each unit is one
+    generator shard, so the datasets stream state (and exact resume) works as for files."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    for unit in units:
+        path, group = unit
+        with fsspec.open(path, "rb") as f:
+            pf = pq.ParquetFile(f)
+            names = pf.schema_arrow.names
+            if text_column not in names:
+                raise ValueError(f"{path} has no column {text_column!r}; columns are {names}")
+            for text in pf.read_row_group(group, columns=[text_column]).column(text_column).to_pylist():
+                yield {text_column: text}
+
+
+def load_documents(
+    source=DEFAULT_SOURCE, split: str = "train", text_column: str = "text", rank: int = 0, world_size: int = 1
+) -> datasets.IterableDataset:
+    """This rank's share of the split's documents as a streaming `datasets.IterableDataset` with
+    the single column `text_column`. `source` is anything `resolve_source` takes, or the file
+    list it returned (what a run resolved once and shared)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+    files = resolve_source(source) if isinstance(source, (str, os.PathLike)) else [str(f) for f in source]
+    if not files:
+        raise ValueError("no data files given")
+    name = source if isinstance(source, (str, os.PathLike)) else f"{len(files)} files"
     builders = {DATA_EXTENSIONS[Path(f).suffix] for f in files}
     if len(builders) > 1:
-        raise ValueError(f"data source {source!r} mixes file types {sorted(builders)}; use one")
+        raise ValueError(f"data source {name!r} mixes file types {sorted(builders)}; use one")
     builder = builders.pop()
     if builder == "text":
         # a .txt file is one document per paragraph (blank-line separated), not per line
@@ -196,16 +312,25 @@ def load_documents(source: str = DEFAULT_SOURCE, split: str = "train", text_colu
     else:
         kwargs = {}
     if len(files) >= 2:
-        chosen = files[:-1] if split == "train" else files[-1:]
-        ds = datasets.load_dataset(builder, data_files={split: chosen}, split=split, streaming=True, **kwargs)
+        kind, share = rank_share(split_files(files, split), rank, world_size)
+        if kind == "row_groups":
+            features = datasets.Features({text_column: datasets.Value("string")})
+            ds = datasets.IterableDataset.from_generator(
+                _row_group_documents, features=features, gen_kwargs={"units": share, "text_column": text_column}
+            )
+        else:
+            ds = datasets.load_dataset(builder, data_files={split: share}, split=split, streaming=True, **kwargs)
+            if kind == "documents":
+                ds = split_dataset_by_node(ds, rank=rank, world_size=world_size)
     else:
         # One file: hold out its last documents. Loading it (memory-mapped Arrow) gives the count.
         full = datasets.load_dataset(builder, data_files={"train": files}, split="train", **kwargs)
         n_val = max(1, int(len(full) * VAL_FRACTION)) if len(full) >= 2 else 0
         picked = range(len(full) - n_val) if split == "train" else range(len(full) - n_val, len(full))
         ds = full.select(picked).to_iterable_dataset(num_shards=min(64, max(1, len(picked))))
+        ds = split_dataset_by_node(ds, rank=rank, world_size=world_size)
     if ds.column_names is not None and text_column not in ds.column_names:
-        raise ValueError(f"data source {source!r} has no column {text_column!r}; columns are {ds.column_names}")
+        raise ValueError(f"data source {name!r} has no column {text_column!r}; columns are {ds.column_names}")
     return ds.select_columns([text_column])
 
 
@@ -226,7 +351,7 @@ class PretrainStream:
     def __init__(
         self,
         tokenizer,
-        source: str = DEFAULT_SOURCE,
+        source: str | list[str] = DEFAULT_SOURCE,  # a source, or the files resolve_source_once returned
         seq_len: int = 2048,
         batch_size: int = 32,
         split: str = "train",
@@ -244,8 +369,8 @@ class PretrainStream:
         self.bos_id = tokenizer.convert_tokens_to_ids(BOS)
         self.seq_len, self.batch_size, self.split = seq_len, batch_size, split
         self.text_column, self.docs_per_chunk, self.prefetch = text_column, docs_per_chunk, prefetch
-        self.source = source
-        self.dataset = split_dataset_by_node(load_documents(source, split, text_column), rank=rank, world_size=world_size)
+        self.source = source if isinstance(source, (str, os.PathLike)) else f"{len(source)} files"
+        self.dataset = load_documents(source, split, text_column, rank=rank, world_size=world_size)
         self._initial = {"epoch": 0, "dataset": self.dataset.state_dict(), "offset": 0}
         self._state = self._initial
 

@@ -14,7 +14,9 @@ ChatCORE (nanochat): each task's accuracy centred on its random baseline,
 for the generative ones, averaged over the tasks. Results go to JSON and a markdown table.
 
 Tasks load from the Hub or from local files (`--data GSM8K=./gsm8k_test.jsonl`), rows in the
-Hub dataset's own format.
+Hub dataset's own format, shuffled with seed 42 as nanochat's tasks are; `--max-problems N`
+scores the first N of that order (nanochat's scripts/chat_eval.py does the same), i.e. a seeded
+random sample, the same for every task, and the results say so (`sample`).
 """
 from __future__ import annotations
 
@@ -88,9 +90,30 @@ TASKS: dict[str, ChatTask] = {
     "MMLU": ChatTask("categorical", 0.25, lambda path: chat_data.mmlu("all", "test", path)),
     "GSM8K": ChatTask("generative", 0.0, lambda path: chat_data.gsm8k("main", "test", path), numeric_answer_correct),
     "HumanEval": ChatTask("generative", 0.0, lambda path: chat_data.humaneval("test", path), humaneval_correct),
-    # synthetic and offline: the test split's seeds never meet the training split's
-    "SpellingBee": ChatTask("generative", 0.0, lambda path: chat_data.spelling_bee(size=256, split="test", words_path=path), numeric_answer_correct),
+    # synthetic: held-out test words and seeds (nanochat's chat_eval.py: SpellingBee(size=256, split="test"));
+    # --data SpellingBee=WORDS names the word list (english, bundled or a file)
+    "SpellingBee": ChatTask(
+        "generative", 0.0,
+        lambda path: chat_data.spelling_bee(size=256, split="test", words=path or "english").shuffle(seed=chat_data.TASK_SHUFFLE_SEED),
+        numeric_answer_correct,
+    ),
 }
+
+
+TASK_DATA = {  # where a task's rows come from without --data (recorded with its score)
+    "ARC-Easy": f"{chat_data.HUB_DATASETS['arc']} ARC-Easy test",
+    "ARC-Challenge": f"{chat_data.HUB_DATASETS['arc']} ARC-Challenge test",
+    "MMLU": f"{chat_data.HUB_DATASETS['mmlu']} all test",
+    "GSM8K": f"{chat_data.HUB_DATASETS['gsm8k']} main test",
+    "HumanEval": f"{chat_data.HUB_DATASETS['humaneval']} test",
+    "SpellingBee": "synthetic, english word list (held-out test words)",
+}
+
+
+def describe_sample(sample: dict) -> str:
+    if sample["random_sample"]:
+        return f"random sample of {sample['scored']:,} of {sample['of']:,}, seed {sample['seed']}"
+    return f"all {sample['of']:,}"
 
 
 def chatcore(accuracies: dict[str, float]) -> float:
@@ -174,19 +197,24 @@ def evaluate_chat(
     results: dict[str, Any] = {"tasks": {}}
     for name in tasks:
         task = TASKS[name]
-        ds = task.load(data_paths.get(name))
+        ds = task.load(data_paths.get(name))  # every task arrives shuffled with seed 42
+        available = len(ds)
         if max_problems is not None:
-            ds = ds.select(range(min(max_problems, len(ds))))
+            ds = ds.select(range(min(max_problems, available)))
         records = list(ds)
+        sample = {"scored": len(records), "of": available, "seed": chat_data.TASK_SHUFFLE_SEED, "random_sample": len(records) < available}
         if task.kind == "categorical":
             correct = [p == r["answer"] for p, r in zip(predict_letters(model, tokenizer, records, batch_size), records)]
         else:
             gen = generate or engine_generator(model, tokenizer)
             correct = score_generative(tokenizer, records, task.check, gen)
         acc = sum(correct) / max(len(correct), 1)
-        results["tasks"][name] = {"accuracy": acc, "correct": sum(correct), "total": len(correct), "baseline": task.baseline}
+        results["tasks"][name] = {
+            "accuracy": acc, "correct": sum(correct), "total": len(correct), "baseline": task.baseline, "sample": sample,
+            "data": data_paths.get(name) or TASK_DATA[name],
+        }
         if progress:
-            print(f"{name}: {sum(correct)}/{len(correct)} = {100 * acc:.2f}%")
+            print(f"{name}: {sum(correct)}/{len(correct)} = {100 * acc:.2f}% ({describe_sample(sample)})")
     accs = {n: r["accuracy"] for n, r in results["tasks"].items()}
     results["chatcore"] = chatcore(accs)
     results["chatcore_complete"] = set(accs) == set(TASKS)  # nanochat's number needs all six tasks
@@ -220,12 +248,13 @@ def markdown_table(results: dict[str, Any], title: str) -> str:
     if "val_bpb" in results:
         lines += ["| metric | value |", "|---|---|", f"| val bpb | {results['val_bpb']:.4f} |", f"| val tokens | {results['val_tokens']:,} |"]
         return "\n".join(lines) + "\n"
-    lines += ["| task | accuracy | correct / total | centred |", "|---|---|---|---|"]
+    lines += ["| task | accuracy | correct / total | problems | centred |", "|---|---|---|---|---|"]
     for name, r in results["tasks"].items():
         centred = (r["accuracy"] - r["baseline"]) / (1 - r["baseline"])
-        lines.append(f"| {name} | {100 * r['accuracy']:.2f}% | {r['correct']} / {r['total']} | {centred:.4f} |")
+        problems = describe_sample(r["sample"]) if "sample" in r else "-"
+        lines.append(f"| {name} | {100 * r['accuracy']:.2f}% | {r['correct']} / {r['total']} | {problems} | {centred:.4f} |")
     note = "" if results["chatcore_complete"] else " (partial: not all six tasks)"
-    lines.append(f"| **ChatCORE**{note} | | | **{results['chatcore']:.4f}** |")
+    lines.append(f"| **ChatCORE**{note} | | | | **{results['chatcore']:.4f}** |")
     return "\n".join(lines) + "\n"
 
 
@@ -235,13 +264,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="chat: ChatCORE tasks; base: validation bpb; core: DCLM CORE, nanochat's base-model metric")
     parser.add_argument("--tasks", default=None, help=f"comma-separated subset of {','.join(TASKS)} (core: of the bundle's tasks; default: all)")
     parser.add_argument("--data", action="append", default=[], metavar="TASK=PATH", help="read a task from a local file/folder instead of the Hub (repeatable)")
-    parser.add_argument("--max-problems", type=int, default=None, help="evaluate the first N problems of each task")
+    parser.add_argument("--max-problems", type=int, default=None, help="score a seeded random sample of N problems of each task (nanochat's seed-42 shuffle)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--num-samples", type=int, default=1, help="generations per problem (pass@k)")
     parser.add_argument("--max-tokens", type=int, default=512)
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--top-k", type=int, default=50)
-    parser.add_argument("--source", default=None, help="base: pretraining data source (default: pretraining's default)")
+    parser.add_argument("--source", default=None, help="base: pretraining data source (default: the one the model's data_used.json records)")
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--max-batches", type=int, default=None, help="base: val batches to read (default: the whole val split)")
     parser.add_argument("--bundle", default=None, help="core: the unzipped eval_bundle folder; 'offline-smoke' for the "
@@ -264,9 +293,14 @@ def run(args: argparse.Namespace) -> int:
 
     model, tokenizer = load_chat_model(args.model, device=args.device)
     if args.kind == "base":
-        from hf_nanochat.data.stream import DEFAULT_SOURCE
+        from hf_nanochat.data.provenance import read_stage_records
 
-        results = evaluate_base(model, tokenizer, args.source or DEFAULT_SOURCE, args.seq_len, args.batch_size, args.max_batches)
+        # The val split of what the model was trained on (its data_used.json), unless told otherwise.
+        recorded = (read_stage_records(args.model) if Path(args.model).is_dir() else {}).get("base", {}).get("source")
+        source = args.source or recorded
+        if source is None:
+            raise SystemExit(f"{args.model} does not record its pretraining data (data_used.json): pass --source")
+        results = evaluate_base(model, tokenizer, source, args.seq_len, args.batch_size, args.max_batches)
     else:
         data_paths = {}
         for item in args.data:

@@ -18,10 +18,10 @@ from pathlib import Path
 import huggingface_hub
 from huggingface_hub import HfApi, ModelCardData
 
+from hf_nanochat.data.provenance import DATA_RECORD, describe_stage, hub_datasets, read_stage_records
 from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
 
 DEFAULT_LICENSE = "mit"  # nanochat's license
-DEFAULT_DATASETS = ["HuggingFaceFW/fineweb-edu"]  # nanochat's pretraining corpus
 DEFAULT_TAGS = ["nanochat", "hf-nanochat", "text-generation", "custom_code"]
 REPORT_FILE = "report.md"  # written by the speedrun next to the final checkpoint
 REPORT_PLOT = "report_loss.png"
@@ -87,6 +87,10 @@ def build_upload_folder(
     model.save_pretrained(out)
     NanoChatTokenizer.from_pretrained(folder).save_pretrained(out)
     report = (folder / REPORT_FILE).read_text() if (folder / REPORT_FILE).is_file() else None
+    # The card names the data the stages recorded reading (data_used.json), never a default.
+    stages = read_stage_records(folder)
+    if stages:
+        shutil.copy2(folder / DATA_RECORD, out / DATA_RECORD)
     if report is not None and (folder / REPORT_PLOT).is_file():
         shutil.copy2(folder / REPORT_PLOT, out / REPORT_PLOT)  # the report links to it
     core = json.loads((folder / CORE_FILE).read_text()) if (folder / CORE_FILE).is_file() else None
@@ -94,8 +98,8 @@ def build_upload_folder(
         shutil.copy2(folder / CORE_FILE, out / CORE_FILE)
     card = model_card(
         repo_id, model, report, core=core,
-        license=license, datasets=DEFAULT_DATASETS if datasets is None else datasets, base_model=base_model,
-        tags=DEFAULT_TAGS + [t for t in (tags or []) if t not in DEFAULT_TAGS],
+        license=license, datasets=hub_datasets(stages) if datasets is None else datasets, base_model=base_model,
+        tags=DEFAULT_TAGS + [t for t in (tags or []) if t not in DEFAULT_TAGS], stages=stages,
     )
     (out / "README.md").write_text(card)
     return out
@@ -174,6 +178,7 @@ def model_card(
     base_model: str | None,
     tags: list[str],
     core: dict | None = None,
+    stages: dict[str, dict] | None = None,
 ) -> str:
     """README.md text: Hub metadata (YAML front matter) + shape + CORE + training report + usage."""
     data = ModelCardData(
@@ -196,6 +201,11 @@ def model_card(
             "## Training report\n\nThis folder came without a training report (`report.md`); "
             "the shape above is read from `config.json`.\n"
         )
+    if stages:
+        data_section = "## Training data\n\nWhat each stage read (from `data_used.json`):\n\n" + "\n".join(
+            line for stage, record in stages.items() for line in describe_stage(stage, record)) + "\n"
+    else:
+        data_section = "## Training data\n\nThis folder does not record its training data (no `data_used.json`).\n"
     body = f"""# {name}
 
 A depth-{depth} GPT in the architecture of Karpathy's [nanochat](https://github.com/karpathy/nanochat),
@@ -204,7 +214,8 @@ trained and packaged with hf-nanochat. The model code travels with the weights: 
 
 {model_table(model)}
 
-{_core_section(core)}{report_section}
+{_core_section(core)}{data_section}
+{report_section}
 {usage_snippets(repo_id)}"""
     return f"---\n{data.to_yaml()}\n---\n\n{body}"
 
@@ -242,7 +253,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", metavar="DIR", help="write the exact upload folder to DIR and upload nothing")
     parser.add_argument("--license", default=DEFAULT_LICENSE)
     parser.add_argument("--dataset", action="append", dest="datasets", help="training dataset id (repeatable; "
-                        f"default {DEFAULT_DATASETS[0]})")
+                        "default: the Hub datasets the folder's data_used.json records)")
     parser.add_argument("--base-model", help="the model this one was fine-tuned from, if any")
     parser.add_argument("--tag", action="append", dest="tags", help="extra Hub tag (repeatable)")
 

@@ -51,7 +51,9 @@ def build_stages(recipe: Recipe, out: Path, launch_config: Path, with_rl: bool =
     eval_chat = ["--kind", "chat", "--tasks", ",".join(recipe.chat_tasks)]
     if recipe.chat_max_problems:
         eval_chat += ["--max-problems", str(recipe.chat_max_problems)]
-    base_eval = ["--kind", "base", "--source", recipe.tokenizer_data]
+    if "SpellingBee" in recipe.chat_tasks:
+        eval_chat += ["--data", f"SpellingBee={recipe.spelling_words}"]
+    base_eval = ["--kind", "base"]  # the val split of the data the base stage recorded reading
     if recipe.base_eval_batches:
         base_eval += ["--max-batches", str(recipe.base_eval_batches)]
     seq_len = str(load_train_config(recipe.base).max_seq_len)

@@ -28,6 +28,7 @@ class Recipe:
     core_max_per_task: int | None = None  # None: every example of every CORE task
     chat_tasks: tuple[str, ...] = ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee")
     chat_max_problems: int | None = None
+    spelling_words: str = "english"  # SpellingBee's word list (hf_nanochat.data.chat_data.load_words)
     gpu: str | None = None  # name for the time estimate (peak FLOP/s table); None: CPU
     num_devices: int = 1
     dollars_per_hour: float = 0.0  # whole machine
@@ -38,7 +39,7 @@ RECIPES: dict[str, Recipe] = {
         "a tiny model on 2 CPU cores, offline, in minutes: checks the whole pipeline",
         "cpu.yaml", "tiny_cpu.yaml", "mid_tiny_cpu.yaml", "sft_tiny_cpu.yaml", rl="rl_tiny_cpu.yaml",
         tokenizer_data="offline", tokenizer_vocab_size=4096, tokenizer_max_chars=3_000_000,
-        base_eval_batches=16, chat_tasks=("SpellingBee",), chat_max_problems=16,
+        base_eval_batches=16, chat_tasks=("SpellingBee",), chat_max_problems=16, spelling_words="bundled",
         # offline: the synthetic smoke bundle (NOT CORE, labelled so) exercises the CORE stage
         core_bundle="offline-smoke", core_max_per_task=16,
     ),

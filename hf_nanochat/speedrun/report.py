@@ -1,7 +1,8 @@
 """The training report card of a speedrun folder: `report.md`, its JSON twin and a loss plot.
 
 Every number is read back from what the stages wrote (speedrun_state.json, metrics.jsonl,
-samples.jsonl, train_metrics.json, eval_*.json), never typed in. Sections whose stage has not
+samples.jsonl, train_metrics.json, eval_*.json, data_used.json), never typed in; the data each
+stage read comes from its own data_used.json, not from the recipe. Sections whose stage has not
 run yet say so, so the report can be written after any stage.
 """
 from __future__ import annotations
@@ -101,6 +102,16 @@ def base_section(out: Path) -> dict | None:
     }
 
 
+def data_section(out: Path) -> dict:
+    """stage -> what it read, from the stages' own data_used.json (the last stage's holds the chain)."""
+    from hf_nanochat.data.provenance import read_stage_records
+
+    stages: dict = {}
+    for folder in (out / "base", out / "base" / "model", out / "mid", out / "sft"):
+        stages.update(read_stage_records(folder))
+    return stages
+
+
 def chat_section(out: Path) -> dict:
     stages = {}
     for stage in CHAT_STAGES:
@@ -110,6 +121,7 @@ def chat_section(out: Path) -> dict:
             continue
         stages[stage] = {
             "tasks": {k: v["accuracy"] for k, v in (evaluation or {}).get("tasks", {}).items()},
+            "samples": {k: v.get("sample") for k, v in (evaluation or {}).get("tasks", {}).items()},
             "chatcore": (evaluation or {}).get("chatcore"),
             "train_loss": (train or {}).get("train_loss"),
             "steps": (train or {}).get("global_step"),
@@ -176,7 +188,7 @@ def plot_losses(out: Path, path: Path) -> bool:
     for stage, history in chat.items():
         if history:
             ax2.plot([h["step"] for h in history], [h["loss"] for h in history], label=stage)
-    ax2.set(title="mid-training and SFT", xlabel="step", ylabel="loss (assistant tokens)")
+    ax2.set(title="mid-training and SFT", xlabel="step", ylabel="loss (nats/token)")
     ax2.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -211,6 +223,14 @@ def render_markdown(report: dict) -> str:
         lines.append(f"| {name} | {s.get('status', '-')} | {s.get('attempts', 0)} | {s.get('seconds', 0):.0f} s | "
                      f"${s.get('cost', 0):.2f} |")
     lines.append("")
+    data = report.get("data") or {}
+    if data:
+        from hf_nanochat.data.provenance import describe_stage
+
+        lines += ["## Data (what each stage read)", ""]
+        for stage, record in data.items():
+            lines += describe_stage(stage, record)
+        lines.append("")
     tok = report.get("tokenizer")
     if tok:
         lines += ["## Tokenizer", "", f"Vocabulary: {tok['vocab_size']:,} tokens.", "", "| text | bytes/token |", "|---|---:|"]
@@ -240,6 +260,11 @@ def render_markdown(report: dict) -> str:
         lines.append("| ChatCORE | " + " | ".join(_fmt(s["chatcore"]) for s in chat.values()) + " |")
         lines.append("| train loss | " + " | ".join(_fmt(s["train_loss"]) for s in chat.values()) + " |")
         lines.append("")
+        from hf_nanochat.evaluate.chat_eval import describe_sample
+
+        scored = {t: smp for s in chat.values() for t, smp in (s.get("samples") or {}).items() if smp}
+        if scored:
+            lines += ["Problems scored: " + "; ".join(f"{t}: {describe_sample(smp)}" for t, smp in sorted(scored.items())), ""]
     rl = report.get("rl")
     if rl:
         steps = rl["pass1_steps"] or ["-", "-"]
@@ -266,11 +291,12 @@ def write_report(out: Path) -> tuple[Path, Path]:
         recipe = RECIPES[state["recipe"]]
     dollars_per_hour = recipe.dollars_per_hour if recipe else 0.0
     stages = {n: {**s, "cost": s.get("seconds", 0) / 3600 * dollars_per_hour} for n, s in state["stages"].items()}
-    data_source = recipe.tokenizer_data if recipe else None
+    data = data_section(out)
+    data_source = (data.get("base") or {}).get("source")  # what pretraining read, not what the recipe names
     report = {
         "recipe": state.get("recipe"), "plan": state.get("plan") or {}, "environment": environment(), "stages": stages,
         "tokenizer": tokenizer_section(out, data_source), "base": base_section(out), "chat": chat_section(out), "rl": rl_section(out),
-        "chat_samples": chat_samples(out),
+        "chat_samples": chat_samples(out), "data": data,
     }
     report["plot"] = "report_loss.png" if plot_losses(out, out / "report_loss.png") else None
     md, js = out / "report.md", out / "report.json"

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from hf_nanochat.data.provenance import copy_stage_record
 from hf_nanochat.train.memory import estimate_memory
 from hf_nanochat.train.optim import apply_schedule, build_optimizer, lr_multiplier, muon_momentum
 from hf_nanochat.train.auto_batch import PROBE_STEPS, halve, initial_device_batch
@@ -70,14 +71,19 @@ def default_pipeline(config: TrainConfig, accelerator) -> DataPipeline:
 
     With `tokenizer: null` the main process trains nanochat's BPE on the train split once and
     saves it to output_dir/tokenizer (reused on --resume); the other ranks then load it."""
-    from hf_nanochat.data.stream import PretrainStream, load_documents
+    from hf_nanochat.data.provenance import write_stage_record
+    from hf_nanochat.data.stream import PretrainStream, describe_source, load_documents, resolve_source_once
     from hf_nanochat.data.tokenizer import load_tokenizer, token_byte_lengths, train_tokenizer
 
+    # Decided once, on the main process, for every rank and both splits; recorded in the run folder.
+    files = resolve_source_once(config.dataset, accelerator)
+    if accelerator.is_main_process:
+        write_stage_record(config.output_dir, "base", {**describe_source(config.dataset, files), "text_column": config.text_column})
     path = Path(config.tokenizer) if config.tokenizer else Path(config.output_dir) / "tokenizer"
     if config.tokenizer is None and not (path / "tokenizer.json").exists():
         if accelerator.is_main_process:
             accelerator.print(f"training a {config.tokenizer_vocab_size}-token BPE on {config.dataset} (train split) -> {path}")
-            texts = (row[config.text_column] for row in load_documents(config.dataset, "train", config.text_column))
+            texts = (row[config.text_column] for row in load_documents(files, "train", config.text_column))
             tmp = path.with_name(TMP_PREFIX + path.name)
             train_tokenizer(texts, config.tokenizer_vocab_size, config.tokenizer_max_chars).save_pretrained(tmp)
             os.replace(tmp, path)
@@ -87,7 +93,7 @@ def default_pipeline(config: TrainConfig, accelerator) -> DataPipeline:
     tokenizer = load_tokenizer(str(path))
 
     def make_stream(split, rank, world_size, batch_size, seq_len):
-        return PretrainStream(tokenizer, config.dataset, seq_len, batch_size, split=split, rank=rank, world_size=world_size, text_column=config.text_column)
+        return PretrainStream(tokenizer, files, seq_len, batch_size, split=split, rank=rank, world_size=world_size, text_column=config.text_column)
 
     return DataPipeline(tokenizer, make_stream, token_byte_lengths(tokenizer))
 
@@ -274,6 +280,7 @@ class Checkpointer:
         if acc.is_main_process:
             export_skeleton(acc.unwrap_model(model)).save_pretrained(tmp / "model", state_dict=state_dict, safe_serialization=True)
             tokenizer.save_pretrained(tmp / "model")
+            copy_stage_record(self.output_dir, tmp / "model")  # the model folder says what it was trained on
             (tmp / "state" / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
         acc.wait_for_everyone()
         if acc.is_main_process:

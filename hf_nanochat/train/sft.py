@@ -1,8 +1,13 @@
 """Mid-training and SFT stages on TRL's `SFTTrainer` (optionally PEFT LoRA).
 
 What TRL does: batching, packing (best-fit-decreasing, padding-free with position_ids that
-restart per document - the model turns those into per-document causal masks), the assistant-only
-loss from our mask, gradient accumulation, precision, DDP/FSDP through Accelerate, checkpoints.
+restart per document - the model turns those into per-document causal masks), the loss from our
+mask, gradient accumulation, precision, DDP/FSDP through Accelerate, checkpoints.
+nanochat's recipe, per stage: mid-training trains on every token of the rendered conversations
+(scripts/mid_train.py: `ids, _ = tokenizer.render_conversation(conversation)` drops the mask),
+SFT on assistant tokens only (scripts/chat_sft.py masks targets where mask == 0); Muon momentum
+ramps 0.85 -> 0.95 over 300 steps in mid-training (mid_train.py `get_muon_momentum`) and stays at
+its 0.95 default in SFT (chat_sft.py never sets it); neither stage clips gradients.
 What this module adds: the data (a YAML mixture rendered by the one injection-safe
 `render_conversation`, fed pre-tokenized as `input_ids` + `assistant_masks`), nanochat's
 optimizer and schedule (Muon + AdamW from `hf_nanochat.train.optim`, LR flat then linear warmdown),
@@ -27,6 +32,8 @@ import yaml
 
 STAGES = ("mid", "sft")
 OPTIMIZERS = ("muon", "adamw")
+LOSS_TOKENS = ("all", "assistant")
+CONSTANT_MUON_MOMENTUM = 0.95  # nanochat SFT: Muon's default, never scheduled (scripts/chat_sft.py)
 # nanochat's Linear names; PEFT matches a target by name suffix, so "c_proj" hits both the
 # attention output and the MLP output projections ("attn.c_proj" / "mlp.c_proj" pick one).
 LORA_TARGETS = ("c_q", "c_k", "c_v", "c_proj", "c_fc", "attn.c_proj", "mlp.c_proj")
@@ -75,7 +82,9 @@ class SFTStageConfig:
     init_lr_frac: float = 1.0  # every LR above times this (nanochat: 1.0 mid, 0.02 SFT)
     warmdown_ratio: float = 0.2  # LR flat, then linear to 0 over this last fraction (1.0 = linear decay, nanochat SFT)
     weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 0.0  # 0 = no clipping (nanochat's mid_train.py and chat_sft.py clip neither)
+    loss_tokens: str | None = None  # "all" | "assistant"; default per stage: mid all (nanochat), sft assistant
+    muon_momentum_ramp: bool | None = None  # 0.85 -> 0.95 over 300 steps; default per stage: mid yes, sft no (constant 0.95)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16, resolved as in pretraining
     activation_checkpointing: bool = False  # recompute blocks in backward (less memory)
     torch_compile: bool = False
@@ -101,6 +110,12 @@ class SFTStageConfig:
             raise ValueError("data.train must list at least one source")
         if not 0.0 <= self.warmdown_ratio <= 1.0:
             raise ValueError(f"warmdown_ratio must be in [0, 1], got {self.warmdown_ratio}")
+        if self.loss_tokens is None:
+            self.loss_tokens = "all" if self.stage == "mid" else "assistant"
+        if self.loss_tokens not in LOSS_TOKENS:
+            raise ValueError(f"loss_tokens must be one of {LOSS_TOKENS}, got {self.loss_tokens!r}")
+        if self.muon_momentum_ramp is None:
+            self.muon_momentum_ramp = self.stage == "mid"
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> SFTStageConfig:
@@ -128,14 +143,20 @@ class SFTStageConfig:
 
 
 # --------------------------------------------------------------------------- data
-def tokenize_conversations(dataset, tokenizer, max_length: int | None = None, num_proc: int | None = None):
-    """`messages` -> `input_ids` + `assistant_masks` through `render_conversation` (never the
-    template-string path, so user text can never become a special token). Conversations without
-    a single trainable token (cut off before the assistant speaks) are dropped."""
+def tokenize_conversations(dataset, tokenizer, max_length: int | None = None, num_proc: int | None = None, loss_tokens: str = "assistant"):
+    """`messages` -> `input_ids` + `assistant_masks` (the tokens with a loss) through
+    `render_conversation` (never the template-string path, so user text can never become a
+    special token). `loss_tokens="all"` trains on every token (nanochat's mid-training).
+    Conversations cut off before the assistant speaks are dropped."""
     from hf_nanochat.data.tokenizer import render_conversation
+
+    if loss_tokens not in LOSS_TOKENS:
+        raise ValueError(f"loss_tokens must be one of {LOSS_TOKENS}, got {loss_tokens!r}")
 
     def render(row):
         ids, mask = render_conversation(tokenizer, row["messages"], max_tokens=max_length)
+        if loss_tokens == "all" and any(mask):
+            mask = [1] * len(ids)
         return {"input_ids": ids, "assistant_masks": mask}
 
     out = dataset.map(render, remove_columns=dataset.column_names, num_proc=num_proc, desc="render_conversation")
@@ -144,22 +165,28 @@ def tokenize_conversations(dataset, tokenizer, max_length: int | None = None, nu
 
 # --------------------------------------------------------------------------- optimizer
 class NanochatSchedule(torch.optim.lr_scheduler.LambdaLR):
-    """nanochat's LR multiplier (flat, then linear warmdown) and, for Muon groups, its momentum
-    ramp 0.85 -> 0.95 over 300 steps; one scheduler object so Trainer steps both together."""
+    """nanochat's LR multiplier (flat, then linear warmdown) and, with `momentum_ramp`, the Muon
+    momentum ramp 0.85 -> 0.95 over 300 steps (mid_train.py); without it Muon keeps its 0.95
+    (chat_sft.py). One scheduler object so Trainer steps both together."""
 
-    def __init__(self, optimizer, num_training_steps: int, warmdown_ratio: float):
+    def __init__(self, optimizer, num_training_steps: int, warmdown_ratio: float, momentum_ramp: bool = True):
         from hf_nanochat.train.optim import lr_multiplier
 
         self.num_training_steps = max(int(num_training_steps), 1)
+        self.momentum_ramp = momentum_ramp
         super().__init__(optimizer, lambda step: lr_multiplier(step, self.num_training_steps, warmdown_ratio=warmdown_ratio))
+        self._set_momentum()
 
     def step(self, epoch=None):
+        super().step() if epoch is None else super().step(epoch)
+        self._set_momentum()
+
+    def _set_momentum(self):
         from hf_nanochat.train.optim import muon_momentum
 
-        super().step() if epoch is None else super().step(epoch)
         for group in self.optimizer.param_groups:
             if group.get("kind") == "muon":
-                group["momentum"] = muon_momentum(self.last_epoch)
+                group["momentum"] = muon_momentum(self.last_epoch) if self.momentum_ramp else CONSTANT_MUON_MOMENTUM
 
 
 def build_stage_optimizer(model, cfg: SFTStageConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -238,6 +265,7 @@ def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_data
     from trl import SFTConfig, SFTTrainer
 
     from hf_nanochat.data.chat_data import build_mixture
+    from hf_nanochat.data.provenance import write_stage_record
     from hf_nanochat.data.tokenizer import load_tokenizer
 
     device = _device_for_precision()
@@ -251,12 +279,21 @@ def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_data
     if len(tokenizer) > model.config.vocab_size:
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's vocabulary is {model.config.vocab_size}")
 
+    record: dict[str, Any] = {"loss_tokens": cfg.loss_tokens, "train": [], "eval": []}
     if train_dataset is None:
-        train_dataset = build_mixture(cfg.train_data, seed=cfg.seed)
+        train_dataset = build_mixture(cfg.train_data, seed=cfg.seed, record=record["train"])
+    else:
+        record["train"].append({"source": "passed in", "rows": len(train_dataset)})
     if eval_dataset is None and cfg.eval_data:
-        eval_dataset = build_mixture(cfg.eval_data, seed=cfg.seed, shuffle=False)
-    train_tok = tokenize_conversations(train_dataset, tokenizer, cfg.max_length, cfg.dataset_num_proc)
-    eval_tok = tokenize_conversations(eval_dataset, tokenizer, cfg.max_length, cfg.dataset_num_proc) if eval_dataset is not None else None
+        eval_dataset = build_mixture(cfg.eval_data, seed=cfg.seed, shuffle=False, record=record["eval"])
+    elif eval_dataset is not None:
+        record["eval"].append({"source": "passed in", "rows": len(eval_dataset)})
+    train_tok = tokenize_conversations(train_dataset, tokenizer, cfg.max_length, cfg.dataset_num_proc, cfg.loss_tokens)
+    eval_tok = (
+        tokenize_conversations(eval_dataset, tokenizer, cfg.max_length, cfg.dataset_num_proc, cfg.loss_tokens)
+        if eval_dataset is not None else None
+    )
+    record["train_conversations"] = len(train_tok)
     print(f"{cfg.stage}: {len(train_tok):,} training conversations" + (f", {len(eval_tok):,} eval" if eval_tok is not None else ""))
 
     if cfg.peft is not None:
@@ -308,9 +345,11 @@ def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_data
     # The schedule's horizon depends on how many packed rows TRL made; Trainer computes it the
     # same way when training starts (create_scheduler keeps a scheduler that is already set).
     num_steps = trainer.set_initial_training_values(args, trainer.get_train_dataloader())[-1]
-    trainer.lr_scheduler = NanochatSchedule(optimizer, num_steps, cfg.warmdown_ratio)
+    trainer.lr_scheduler = NanochatSchedule(optimizer, num_steps, cfg.warmdown_ratio, momentum_ramp=cfg.muon_momentum_ramp)
     print(f"{cfg.stage}: {num_steps} optimizer steps, optimizer {'lora-adamw' if cfg.peft else cfg.optimizer}")
 
+    if trainer.is_world_process_zero():  # before training, so even a crashed run's folder says what it read
+        write_stage_record(out, cfg.stage, record, previous=base if Path(base).is_dir() else None)
     last = _latest_checkpoint(Path(args.output_dir)) if cfg.resume else None
     if last is not None:
         print(f"resuming from {last}")
@@ -329,6 +368,7 @@ def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_data
             yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
         with open(out / "train_metrics.json", "w", encoding="utf-8") as f:
             json.dump(metrics, f, indent=2, default=float)
+
     return metrics
 
 

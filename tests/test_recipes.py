@@ -1,0 +1,95 @@
+"""The shipped mid-training and SFT recipes carry nanochat's numbers.
+
+Each expected value names where nanochat states it. Read from karpathy/nanochat at 6383d5d (the
+store's copy of the Nov 2025 scripts, black-formatted, so statements are quoted rather than
+line numbers given), tasks/*.py at the same commit (tasks/mmlu.py:84 and tasks/smoltalk.py:17:
+`load_dataset(...).shuffle(seed=42)`), tasks/common.py (`TaskMixture`: `random.Random(42).shuffle`).
+"""
+from pathlib import Path
+
+import pytest
+
+from hf_nanochat.train.sft import SFTStageConfig
+
+RECIPES = Path(__file__).parent.parent / "train_configs"
+
+
+def _load(name: str) -> SFTStageConfig:
+    return SFTStageConfig.from_yaml(RECIPES / name)
+
+
+def _sources(specs):
+    return [{k: v for k, v in s.items() if k != "words"} for s in specs]
+
+
+def test_mid_recipe_is_nanochats_mid_train():
+    cfg = _load("mid.yaml")
+    assert cfg.stage == "mid"
+    # scripts/mid_train.py, mid_data_generator: `ids, _ = tokenizer.render_conversation(conversation)`
+    # (the mask is dropped: every token is a target)
+    assert cfg.loss_tokens == "all"
+    # scripts/mid_train.py, train_dataset = TaskMixture([...]) (in this order there):
+    assert _sources(cfg.train_data) == [
+        {"source": "smoltalk", "split": "train"},  # SmolTalk(split="train"), 460K rows
+        {"source": "mmlu", "subset": "auxiliary_train", "split": "train"},  # MMLU(subset="auxiliary_train", split="train")
+        {"source": "gsm8k", "subset": "main", "split": "train"},  # GSM8K(subset="main", split="train")
+        {"source": "identity", "path": "identity_conversations.jsonl", "repeat": 2},  # CustomJSON(identity...) twice
+        {"source": "simple_spelling", "size": 200_000},  # SimpleSpelling(size=200000, split="train")
+        {"source": "spelling_bee", "size": 80_000},  # SpellingBee(size=80000, split="train")
+    ]
+    # scripts/mid_train.py, val_dataset = TaskMixture([...]):
+    assert _sources(cfg.eval_data) == [
+        {"source": "smoltalk", "split": "test"},  # SmolTalk(split="test"), 24K rows
+        {"source": "mmlu", "subset": "all", "split": "test", "stop": 5200},  # MMLU(..., stop=5200)
+        {"source": "gsm8k", "subset": "main", "split": "test", "stop": 420},  # GSM8K(..., stop=420)
+    ]
+    # scripts/mid_train.py hyperparameters: matrix_lr = 0.02, embedding_lr = 0.2,
+    # unembedding_lr = 0.004, init_lr_frac = 1.0, weight_decay = 0.0, max_seq_len = 2048,
+    # eval_every = 150; get_lr_multiplier: `1 if progress < 0.8 else 1 - (progress - 0.8) / 0.2`
+    assert (cfg.matrix_lr, cfg.embedding_lr, cfg.unembedding_lr, cfg.init_lr_frac, cfg.weight_decay) == (0.02, 0.2, 0.004, 1.0, 0.0)
+    assert (cfg.warmdown_ratio, cfg.max_length, cfg.eval_steps, cfg.num_epochs) == (0.2, 2048, 150, 1)
+    # total_batch_size = 524288: 8 GPUs x 16 rows x 2048 tokens x 2 accumulation steps
+    assert 8 * cfg.per_device_train_batch_size * cfg.max_length * cfg.gradient_accumulation_steps == 524_288
+    # get_muon_momentum: 0.85 -> 0.95 over 300 steps; no clip_grad_norm anywhere in the script
+    assert cfg.muon_momentum_ramp is True and cfg.max_grad_norm == 0.0
+    assert cfg.seed == 42  # tasks/common.py TaskMixture: random.Random(42)
+
+
+def test_sft_recipe_is_nanochats_chat_sft():
+    cfg = _load("sft.yaml")
+    assert cfg.stage == "sft" and cfg.loss_tokens == "assistant"  # chat_sft.py: row_targets[mask_tensor == 0] = -1
+    # scripts/chat_sft.py, train_ds = TaskMixture([...]):
+    assert _sources(cfg.train_data) == [
+        {"source": "arc", "subset": "ARC-Easy", "split": "train"},  # ARC(subset="ARC-Easy", split="train"), 2.3K
+        {"source": "arc", "subset": "ARC-Challenge", "split": "train"},  # 1.1K
+        {"source": "gsm8k", "subset": "main", "split": "train"},  # 8K
+        {"source": "smoltalk", "split": "train", "stop": 10_000},  # SmolTalk(split="train", stop=10_000), after its seed-42 shuffle
+        {"source": "identity", "path": "identity_conversations.jsonl"},  # CustomJSON(identity...) once
+        {"source": "simple_spelling", "size": 300},  # SimpleSpelling(size=300, split="train")
+        {"source": "spelling_bee", "size": 300},  # SpellingBee(size=300, split="train")
+    ]
+    assert [s["source"] for s in cfg.eval_data] == ["smoltalk"] and cfg.eval_data[0]["split"] == "test"  # val_ds = SmolTalk(split="test")
+    # scripts/chat_sft.py: init_lr_frac = 0.02, num_epochs = 1, device_batch_size = 4,
+    # target_examples_per_step = 32, eval_every = 100; get_lr_multiplier: lrm = 1.0 - it / num_iterations
+    assert (cfg.init_lr_frac, cfg.num_epochs, cfg.warmdown_ratio, cfg.eval_steps) == (0.02, 1, 1.0, 100)
+    assert 8 * cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps == 32
+    assert (cfg.matrix_lr, cfg.embedding_lr, cfg.unembedding_lr, cfg.weight_decay) == (0.02, 0.2, 0.004, 0.0)
+    # chat_sft.py never schedules Muon momentum (stays at its 0.95) and never clips gradients
+    assert cfg.muon_momentum_ramp is False and cfg.max_grad_norm == 0.0
+    assert cfg.packing is False  # chat_sft.py pads one conversation per row
+
+
+@pytest.mark.parametrize("name", ["mid.yaml", "sft.yaml"])
+def test_full_recipes_use_the_real_word_list(name):
+    spelling = [s for s in _load(name).train_data if s["source"] in ("spelling_bee", "simple_spelling")]
+    assert spelling and all(s.get("words", "english") == "english" for s in spelling)
+
+
+@pytest.mark.parametrize("name", ["mid_tiny_cpu.yaml", "sft_tiny_cpu.yaml"])
+def test_offline_recipes_keep_the_synthetic_identity_and_small_word_list(name):
+    cfg = _load(name)
+    for spec in cfg.train_data + cfg.eval_data:
+        if spec["source"] == "identity":
+            assert "path" not in spec and spec["size"] > 0
+        if spec["source"] in ("spelling_bee", "simple_spelling"):
+            assert spec["words"] == "bundled"
