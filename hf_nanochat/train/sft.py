@@ -110,10 +110,13 @@ class SFTStageConfig:
             raise ValueError("data must be a mapping with 'train' (and optionally 'eval') source lists")
         raw["train_data"] = data.get("train") or []
         raw["eval_data"] = data.get("eval") or []
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - names)
+        names = {f.name for f in dataclasses.fields(cls)} - {"train_data", "eval_data"} | {"data"}
+        unknown = sorted(set(raw) - names - {"train_data", "eval_data"})
         if unknown:
-            raise ValueError(f"unknown keys in the {raw.get('stage', 'chat')} stage config: {unknown}")
+            from hf_nanochat.errors import did_you_mean
+
+            listed = ", ".join(f"{k!r}{did_you_mean(k, names)}" for k in unknown)
+            raise ValueError(f"unknown keys in the {raw.get('stage', 'chat')} stage config: {listed}")
         return cls(**raw)
 
     @classmethod
@@ -233,13 +236,19 @@ def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_data
     `model`, `tokenizer` and the (messages) datasets may be passed in (tests, notebooks); by
     default they come from `cfg.model`, `cfg.tokenizer` and the data mixtures.
     """
-    import hf_nanochat  # noqa: F401  (registers the model with the Auto classes)
+    import hf_nanochat.modeling  # noqa: F401  (registers the model with the Auto classes)
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
     from hf_nanochat.data.chat_data import build_mixture
     from hf_nanochat.data.tokenizer import load_tokenizer
 
+    from hf_nanochat.model_folder import check_model_source, check_tokenizer_source
+
+    if model is None:  # a missing local folder is named as one, not looked up as a Hub id
+        check_model_source(cfg.model)
+    if tokenizer is None:
+        check_tokenizer_source(cfg.tokenizer or cfg.model)
     device = _device_for_precision()
     precision_args = trainer_precision_args(cfg.precision, device)
     base = _resolve_local(cfg.model)
@@ -325,6 +334,9 @@ def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_data
     trainer.save_model(str(out))  # full model: save_pretrained + code files; LoRA: the adapter only
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(out))
+        from hf_nanochat.model_folder import match_permissions
+
+        match_permissions(out)  # safetensors writes 0600; the rest of the folder is 0644
         with open(out / "stage_config.yaml", "w", encoding="utf-8") as f:
             yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
         with open(out / "train_metrics.json", "w", encoding="utf-8") as f:
@@ -333,8 +345,16 @@ def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_data
 
 
 def _latest_checkpoint(folder: Path) -> Path | None:
+    """The newest complete Trainer checkpoint; damaged newer ones are named, and moved aside by
+    the main process (hf_nanochat.train.checkpoints)."""
+    from hf_nanochat.train.checkpoints import newest_complete, trl_checkpoint_problems
+    from hf_nanochat.train.run_lock import launcher_rank
+
     found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()] if folder.exists() else []
-    return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
+    found.sort(key=lambda p: int(p.name.split("-")[-1]))
+    main = launcher_rank() == 0
+    complete = newest_complete(found, trl_checkpoint_problems, warn=None if main else (lambda _: None), move_damaged=main)
+    return complete[-1] if complete else None
 
 
 
@@ -343,13 +363,17 @@ def _latest_checkpoint(folder: Path) -> Path | None:
 def main(argv: list[str] | None = None) -> int:
     """`train.py --config train_configs/sft.yaml [--key=value ...]` for `stage: mid|sft`; values
     are YAML scalars (`--max_steps=100`, `--packing=false`)."""
-    import argparse
     import sys
 
-    parser = argparse.ArgumentParser(description="chat stage (mid/sft) on TRL's SFTTrainer")
+    from hf_nanochat.errors import CliParser
+    from hf_nanochat.train.run_lock import run_lock
+
+    parser = CliParser(prog="train.py", description="chat stage (mid/sft) on TRL's SFTTrainer")
     parser.add_argument("--config", required=True, help="a train_configs/*.yaml with stage: mid or sft")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir/checkpoints")
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if not Path(args.config).is_file():
+        raise FileNotFoundError(f"train config {args.config} does not exist")
     with open(args.config, encoding="utf-8") as f:
         raw = yaml.safe_load(f) or {}
     for item in rest:
@@ -359,7 +383,9 @@ def main(argv: list[str] | None = None) -> int:
         raw[key.replace("-", "_")] = yaml.safe_load(value)
     if args.resume:
         raw["resume"] = True
-    metrics = run_sft_stage(SFTStageConfig.from_dict(raw))
+    cfg = SFTStageConfig.from_dict(raw)
+    with run_lock(cfg.output_dir):  # a second run on this folder fails here, naming the first
+        metrics = run_sft_stage(cfg)
     print(f"{metrics['stage']}: done, {metrics['global_step']} steps, train loss {metrics['train_loss']:.4f} -> {raw['output_dir']}")
     return 0
 __all__ = ["LoraSection", "NanochatSchedule", "SFTStageConfig", "build_stage_optimizer", "main", "run_sft_stage", "tokenize_conversations"]
