@@ -18,6 +18,7 @@ from pathlib import Path
 import huggingface_hub
 from huggingface_hub import HfApi, ModelCardData
 
+from hf_nanochat.model_folder import match_permissions
 from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
 
 DEFAULT_LICENSE = "mit"  # nanochat's license
@@ -85,6 +86,7 @@ def build_upload_folder(
     model = NanoChatGPTForCausalLM.from_pretrained(folder, dtype="auto")
     model.save_pretrained(out)
     NanoChatTokenizer.from_pretrained(folder).save_pretrained(out)
+    match_permissions(out)  # safetensors writes 0600; the rest is 0644
     report = (folder / REPORT_FILE).read_text() if (folder / REPORT_FILE).is_file() else None
     if report is not None and (folder / REPORT_PLOT).is_file():
         shutil.copy2(folder / REPORT_PLOT, out / REPORT_PLOT)  # the report links to it

@@ -257,5 +257,8 @@ def convert_nanochat_checkpoint(
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    from hf_nanochat.model_folder import match_permissions
+
+    match_permissions(out)  # safetensors writes 0600; the rest is 0644
     (out / "nanochat_meta.json").write_text(json.dumps({**meta, "converted_from_step": step}, indent=2))
     return out

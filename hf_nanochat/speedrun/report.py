@@ -188,7 +188,7 @@ def render_markdown(report: dict) -> str:
     base = report.get("base")
     if base:
         lines += ["## Base model", "",
-                  f"- shape: depth {base['depth']}, width {base['width']}, {base['heads']} heads, vocab {base['vocab_size']:,}, context {base['seq_len']}",
+                  f"- shape: depth {base['depth']}, width {base['width']}, {base['heads']} head{'s' if base['heads'] != 1 else ''}, vocab {base['vocab_size']:,}, context {base['seq_len']}",
                   f"- parameters: {base['params']:,}",
                   f"- trained: {base['steps']:,} steps, {base['tokens']:,} tokens ({base['tokens_per_param']:.2f} tokens/param)",
                   f"- loss: {base['first_loss']:.4f} -> {base['final_loss']:.4f}",
