@@ -634,7 +634,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, overrides)  # every error about the config surfaces here
     except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"train config error: {err}") from None
+        from hf_nanochat.errors import UserError
+
+        raise UserError(f"train config: {err}") from None
     with run_lock(config.output_dir):  # a second run on this folder fails here, naming the first
         summary = train(config, resume=args.resume)
     rc = 0 if summary["steps"] > 0 else 1
