@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -156,10 +157,15 @@ def run_stage(stage: Stage, out: Path, state: dict) -> None:
     write_state(out, state)
     print(f"\n=== {stage.name}{' (resuming)' if resumed else ''}: {shlex.join(stage.command)}", flush=True)
     t0 = time.time()
-    with open(out / "logs" / f"{stage.name}.log", "a") as log:
-        proc = subprocess.Popen(stage.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT)
+    # Line-buffered log and an unbuffered child: each line reaches the log (and the console)
+    # as it is printed, also under nohup or CI; the child sees a pipe, so it prints progress
+    # as lines (hf_nanochat.train.progress) rather than tqdm refreshes.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(out / "logs" / f"{stage.name}.log", "a", buffering=1) as log:
+        proc = subprocess.Popen(stage.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT, env=env)
         for line in proc.stdout:  # show progress live and keep it
             sys.stdout.write(line)
+            sys.stdout.flush()
             log.write(line)
         code = proc.wait()
     entry["seconds"] = entry.get("seconds", 0.0) + (time.time() - t0)

@@ -352,7 +352,7 @@ def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: boo
 
     from accelerate import Accelerator, PartialState
     from accelerate.utils import GradScalerKwargs, parse_flag_from_env, set_seed
-    from tqdm.auto import tqdm
+    from hf_nanochat.train.progress import progress_bar  # a bar on a terminal, lines in a log
 
     from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
     from hf_nanochat.modeling.modeling_nanochat_gpt import NanoChatGPTForCausalLM
@@ -488,7 +488,7 @@ def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: boo
     peak = peak_flops_per_device(config, device, plan.mode)
     eval_steps = max(1, config.eval_tokens // (config.device_batch_size * config.max_seq_len * world))
     train_iter = iter(train_stream)
-    progress = tqdm(total=num_iterations, initial=step, disable=not accelerator.is_local_main_process, desc="pretrain", dynamic_ncols=True)
+    progress = progress_bar(total=num_iterations, initial=step, disable=not accelerator.is_local_main_process, desc="pretrain", dynamic_ncols=True)
     model.train()
     record: dict = {}
     last_checkpoint = existing[-1] if resume and existing else None

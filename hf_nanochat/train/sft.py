@@ -244,6 +244,11 @@ def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_data
     from hf_nanochat.data.tokenizer import load_tokenizer
 
     from hf_nanochat.model_folder import check_model_source, check_tokenizer_source
+    from hf_nanochat.train.progress import interactive, quiet_library_progress_bars
+
+    bars = interactive()  # not a terminal: Trainer prints its logs as lines, no tqdm refreshes
+    if not bars:
+        quiet_library_progress_bars()
 
     if model is None:  # a missing local folder is named as one, not looked up as a Hub id
         check_model_source(cfg.model)
@@ -304,6 +309,7 @@ def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_data
         seed=cfg.seed,
         dataset_num_proc=cfg.dataset_num_proc,
         report_to=[],
+        disable_tqdm=not bars,
         **precision_args,
     )
     trainer = SFTTrainer(
