@@ -154,3 +154,6 @@ def test_chat_stage_resume_skips_a_damaged_trainer_checkpoint(tmp_path, capsys):
     assert "checkpoint-4: model.safetensors is truncated" in captured.err
     assert f"resuming from {checkpoints / 'checkpoint-2'}" in captured.out
     assert metrics["global_step"] == 4 and (checkpoints / "damaged_checkpoint-4").is_dir()
+    # metrics.jsonl spans both attempts, each step once: steps 3-4 of the first were redone.
+    logged = [json.loads(line) for line in (tmp_path / "out/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [1, 2, 3, 4] and all("loss" in r for r in logged)

@@ -21,7 +21,6 @@ from huggingface_hub import HfApi, ModelCardData
 from hf_nanochat.model_folder import match_permissions
 from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
 
-DEFAULT_LICENSE = "mit"  # nanochat's license
 DEFAULT_DATASETS = ["HuggingFaceFW/fineweb-edu"]  # nanochat's pretraining corpus
 DEFAULT_TAGS = ["nanochat", "hf-nanochat", "text-generation", "custom_code"]
 REPORT_FILE = "report.md"  # written by the speedrun next to the final checkpoint
@@ -57,7 +56,7 @@ def build_upload_folder(
     folder: str | Path,
     out: str | Path,
     repo_id: str,
-    license: str = DEFAULT_LICENSE,
+    license: str | None = None,
     datasets: list[str] | None = None,
     base_model: str | None = None,
     tags: list[str] | None = None,
@@ -157,7 +156,7 @@ def model_card(
     repo_id: str,
     model,
     report: str | None,
-    license: str,
+    license: str | None,
     datasets: list[str],
     base_model: str | None,
     tags: list[str],
@@ -166,7 +165,7 @@ def model_card(
     data = ModelCardData(
         library_name="transformers",
         pipeline_tag="text-generation",
-        license=license,
+        license=license,  # None leaves it out: the weights' license is the owner's to state (--license)
         tags=tags,
         datasets=datasets or None,
         base_model=base_model,
@@ -227,7 +226,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--revision", help="branch to push to (created if missing); default main")
     parser.add_argument("--dry-run", metavar="DIR", help="write the exact upload folder to DIR and upload nothing")
-    parser.add_argument("--license", default=DEFAULT_LICENSE)
+    parser.add_argument("--license", default=None, help="Hub license id for the weights, e.g. mit or apache-2.0 "
+                        "(default: none stated; nanochat's code is MIT, the weights' license is yours to choose)")
     parser.add_argument("--dataset", action="append", dest="datasets", help="training dataset id (repeatable; "
                         f"default {DEFAULT_DATASETS[0]})")
     parser.add_argument("--base-model", help="the model this one was fine-tuned from, if any")

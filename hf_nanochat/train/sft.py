@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 import yaml
+from transformers import TrainerCallback
 
 STAGES = ("mid", "sft")
 OPTIMIZERS = ("muon", "adamw")
@@ -313,6 +314,7 @@ def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_data
         **precision_args,
     )
     trainer = SFTTrainer(
+        callbacks=[MetricsLog(out / "metrics.jsonl")],
         model=model,
         args=args,
         train_dataset=train_tok,
@@ -348,6 +350,27 @@ def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_data
         with open(out / "train_metrics.json", "w", encoding="utf-8") as f:
             json.dump(metrics, f, indent=2, default=float)
     return metrics
+
+
+class MetricsLog(TrainerCallback):
+    """`output_dir/metrics.jsonl`: one JSON line per logging step, across resumed attempts (lines
+    after the checkpoint a run resumes from are dropped, those steps are redone), so the stage's
+    loss can be read over all its steps; TRL's `train_loss` covers only the last attempt's."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            rows = self.path.read_text().splitlines() if self.path.exists() else []
+            kept = [r for r in rows if r.strip() and json.loads(r)["step"] <= state.global_step]
+            self.path.write_text("".join(r + "\n" for r in kept))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs and "loss" in logs:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
 
 def _latest_checkpoint(folder: Path) -> Path | None:
