@@ -18,7 +18,7 @@ from pathlib import Path
 import huggingface_hub
 from huggingface_hub import HfApi, ModelCardData
 
-from hf_nanochat.model_folder import match_permissions
+from hf_nanochat.model_folder import check_weights, match_permissions
 from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
 
 DEFAULT_DATASETS = ["HuggingFaceFW/fineweb-edu"]  # nanochat's pretraining corpus
@@ -74,6 +74,7 @@ def build_upload_folder(
         raise ValueError(f"{folder} holds a {model_type!r} model; push expects {NanoChatGPTConfig.model_type!r}")
     if not (folder / "tokenizer.json").is_file():
         raise FileNotFoundError(f"{folder} has no tokenizer.json: save the tokenizer next to the model")
+    check_weights(folder)  # a truncated safetensors file, named
     if not _has_chat_template(folder):
         raise ValueError(f"the tokenizer in {folder} has no chat template")
     if out.exists() and any(out.iterdir()):
