@@ -6,7 +6,8 @@
 """
 import sys
 
+from hf_nanochat.errors import run_main
 from hf_nanochat.train.entry import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, sys.argv[1:]))

@@ -4,13 +4,19 @@ Each subcommand lives in the module that owns its feature; that module exposes
 `add_arguments(parser)` and `run(args) -> int | None`, or `main(argv) -> int` when it parses
 its own arguments (the training entry point, whose options depend on the recipe's stage). The table below is the only
 place that lists them, and modules are imported lazily so `hf-nanochat info`
-does not pay for importing gradio or TRL.
+does not pay for importing gradio or TRL, and `hf-nanochat --help` imports neither torch nor
+transformers (well under a second).
+
+Errors in what the user typed end in one line (`error: ...`, exit 2), see hf_nanochat/errors.py;
+`--debug` anywhere on the line (or HF_NANOCHAT_DEBUG=1) shows the traceback.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+
+from hf_nanochat.errors import CliParser, run_main
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -28,7 +34,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-nanochat", description=__doc__.splitlines()[0])
+    parser = CliParser(
+        prog="hf-nanochat",
+        description=__doc__.splitlines()[0],
+        epilog="--debug (anywhere) or HF_NANOCHAT_DEBUG=1: show the traceback of an error",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (module_name, help_text) in COMMANDS.items():
@@ -40,13 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    return run_main(_dispatch, list(sys.argv[1:] if argv is None else argv))
+
+
+def _dispatch(argv: list[str]) -> int:
     top = build_parser()
     ns = top.parse_args(argv[:1] if argv and not argv[0].startswith("-") else argv)
     module = importlib.import_module(ns._module)
     if not hasattr(module, "add_arguments"):
         return int(module.main(argv[1:]) or 0)
-    parser = argparse.ArgumentParser(prog=f"hf-nanochat {ns.command}", description=COMMANDS[ns.command][1])
+    parser = CliParser(prog=f"hf-nanochat {ns.command}", description=COMMANDS[ns.command][1])
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
     return int(module.run(args) or 0)

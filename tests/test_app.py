@@ -1,4 +1,5 @@
 """The Gradio app: request limits, an API client, and the real page in headless Chromium."""
+import json
 import os
 import shutil
 import socket
@@ -9,7 +10,17 @@ import time
 import pytest
 from chat_helpers import ScriptedModel, save_tiny_chat_model, tiny_model, tiny_tokenizer
 
-from hf_nanochat.serve.app import EXAMPLES, LIMIT_PREFIX, ChatLimits, LimitExceeded, build_app, checked_request, history_to_messages
+from hf_nanochat.serve.app import (
+    EXAMPLES,
+    LIMIT_PREFIX,
+    ChatLimits,
+    LimitExceeded,
+    build_app,
+    checked_request,
+    history_to_messages,
+    resolved_limits,
+    serve,
+)
 from hf_nanochat.data.tokenizer import render_for_completion
 
 REPLY = "Hello from the tiny model! It streams 🙂."
@@ -76,6 +87,38 @@ def test_history_from_gradio_becomes_the_conversation():
     ]
 
 
+class NoTokenizing:
+    """A tokenizer that fails the test if the request gets as far as tokenizing."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"tokenizer.{name} used: the request was not refused before tokenizing")
+
+
+def test_history_is_bounded_before_it_is_tokenized():
+    limits = ChatLimits(max_history_chars=10_000)
+    huge = [{"role": r, "content": "x" * 2_000_000} for r in ("user", "assistant") * 5]  # 20 MB
+    t0 = time.perf_counter()
+    with pytest.raises(LimitExceeded, match="20,000,000 characters long; the limit is 10,000"):
+        checked_request(limits, NoTokenizing(), "hi", huge, 0.6, 50, 32)
+    assert time.perf_counter() - t0 < 1.0
+    many = [{"role": "assistant", "content": ""}] * 100_000  # cheap in characters, not in entries
+    with pytest.raises(LimitExceeded, match="100,000 messages; the limit is 20 turns"):
+        checked_request(limits, NoTokenizing(), "hi", many, 0.6, 50, 32)
+    with pytest.raises(LimitExceeded, match="Cannot read this conversation"):
+        checked_request(limits, NoTokenizing(), "hi", ["not a message"], 0.6, 50, 32)
+
+
+def test_derived_bounds_never_refuse_a_chat_that_fits(tokenizer):
+    limits = resolved_limits(ChatLimits(max_total_tokens=200), tokenizer, context=2048)
+    longest = max(map(len, tokenizer.get_vocab()))
+    assert limits.max_history_chars == 200 * longest
+    assert limits.max_request_bytes == 256 * 1024 + 12 * (200 * longest + limits.max_message_chars)
+    assert resolved_limits(ChatLimits(max_total_tokens=4096), tokenizer, context=1024).max_total_tokens == 1024
+    # Past the character bound the token bound is exceeded too: the early refusal changes nothing.
+    text = "The sky is blue " * (limits.max_history_chars // 16 + 1)
+    assert len(tokenizer(text, add_special_tokens=False)["input_ids"]) > limits.max_total_tokens
+
+
 # --- the running app (slow) -----------------------------------------------------------------------
 
 
@@ -93,7 +136,7 @@ def app_url(tokenizer):
     scripted = ScriptedModel(model, script, tokenizer.convert_tokens_to_ids("<|assistant_end|>"), delay=0.04)
     demo = build_app(scripted, tokenizer, LIMITS, model_name="tiny-test")
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True)
+    serve(demo, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
@@ -200,3 +243,111 @@ def test_command_line_launches_serve_the_app(entry, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+# --- a served app under hostile input (slow) ------------------------------------------------------
+
+
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """The app as `python -m hf_nanochat.serve.app` runs it, in its own process (so its RSS is its own)."""
+    import httpx
+
+    folder = tmp_path_factory.mktemp("served_model")
+    save_tiny_chat_model(folder)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "hf_nanochat.serve.app", "--model", str(folder), "--port", str(port), "--device", "cpu",
+         "--concurrency", "1", "--max-queue", "4"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            assert server.poll() is None, server.stdout.read()[-3000:]
+            assert time.time() < deadline, "app did not start"
+            try:
+                config = httpx.get(f"{url}/config", timeout=5).json()
+                break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        yield url, server, config
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _ui_events_taking_the_chatbot(config) -> list[tuple[int, bool]]:
+    """(fn_index, queued) of the UI events whose inputs include the client-side chat history."""
+    chatbots = {c["id"] for c in config["components"] if c.get("type") == "chatbot"}
+    return [(d["id"], bool(d.get("queue"))) for d in config["dependencies"] if chatbots & set(d["inputs"])]
+
+
+@pytest.mark.slow
+def test_20_mb_history_through_the_ui_routes_is_refused_fast_with_flat_memory(served):
+    import httpx
+
+    url, server, config = served
+    events = _ui_events_taking_the_chatbot(config)
+    assert events  # the browser's history-sync, append and option events
+    history = [{"role": r, "content": "The sky is blue because " * 45_000} for r in ("user", "assistant") * 10]
+    body = json.dumps({"data": [history], "fn_index": events[0][0], "session_hash": "attacker", "event_data": None}).encode()
+    assert len(body) > 20_000_000
+    with httpx.Client(timeout=60) as client:
+        client.get(f"{url}/config")  # warm
+        before = _rss(server.pid)
+        times = []
+        for fn_index, queued in events[:3] * 2:
+            route = "/gradio_api/queue/join" if queued else "/gradio_api/run/predict"
+            payload = body.replace(f'"fn_index": {events[0][0]}'.encode(), f'"fn_index": {fn_index}'.encode())
+            t0 = time.perf_counter()
+            response = client.post(url + route, content=payload, headers={"content-type": "application/json"})
+            times.append(time.perf_counter() - t0)
+            assert response.status_code == 413, (route, response.status_code, response.text[:300])
+            assert "too long" in response.json()["error"]
+        after = _rss(server.pid)
+    assert max(times) < 3.0, times  # was 23-27 s of server CPU per request
+    assert after - before < 30 * 2**20, (before, after)  # was +5.3 GB over two requests
+    from gradio_client import Client
+
+    answer = Client(url + "/", verbose=False).predict("Hi", 0.0, 0, 4, api_name="/chat")  # still serving
+    assert isinstance(answer, str) and answer and not answer.startswith(LIMIT_PREFIX)
+
+
+@pytest.mark.slow
+def test_flood_of_requests_gets_clean_refusals_and_the_server_stays_up(served):
+    import asyncio
+
+    import httpx
+
+    url, server, config = served
+    chat = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "chat")
+
+    async def flood():
+        async with httpx.AsyncClient(timeout=60) as client:
+            async def join(i):
+                body = {"data": ["Why is the sky blue?", None, 0.6, 50, 64], "fn_index": chat, "session_hash": f"flood{i}"}
+                return (await client.post(f"{url}/gradio_api/queue/join", json=body)).status_code
+            return await asyncio.gather(*(join(i) for i in range(150)))
+
+    codes = asyncio.run(flood())
+    assert set(codes) <= {200, 503}, sorted(set(codes))
+    assert codes.count(200) >= 1 and codes.count(503) >= 100  # the queue holds 4 waiting + 1 running
+    assert server.poll() is None
+    from gradio_client import Client
+
+    deadline = time.time() + 120
+    while True:  # once the queued ones have drained, a new visitor is served
+        try:
+            answer = Client(url + "/", verbose=False).predict("Hi", 0.0, 0, 4, api_name="/chat")
+            break
+        except Exception:
+            assert time.time() < deadline
+            time.sleep(1)
+    assert isinstance(answer, str) and answer

@@ -74,3 +74,83 @@ def test_over_long_conversation_is_an_error_message_not_a_crash(model_dir, monke
     assert "error: prompt has" in captured.err and "context is 256" in captured.err
     assert captured.out.count("Assistant: ") == 2
     assert main(["chat", "--model", str(model_dir), "-p", long, *GREEDY]) == 1
+
+
+class SlowEngine:
+    """Streams a long reply slowly; warns mid-reply like a dependency's FutureWarning would."""
+
+    def __init__(self, words=200, delay=0.02):
+        self.words, self.delay = words, delay
+
+    def chat(self, messages, **sampling):
+        import time
+        import warnings
+
+        for i in range(self.words):
+            if i == 2:
+                warnings.warn("`past_key_values` is deprecated", FutureWarning)
+            time.sleep(self.delay)
+            yield f"w{i} "
+
+
+def test_ctrl_c_stops_the_reply_and_a_second_quits(monkeypatch):
+    import os
+    import signal
+    import threading
+
+    from hf_nanochat.serve import chat
+
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", out)
+    prompts = iter(["Hello"])
+
+    def read_line(prompt):
+        print(prompt, end="")
+        try:
+            return next(prompts)
+        except StopIteration:
+            raise KeyboardInterrupt from None  # Ctrl-C at the prompt
+
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))  # Ctrl-C during the reply
+    timer.start()
+    try:
+        assert chat.interactive(SlowEngine(), {}, read_line=read_line) == 0
+    finally:
+        timer.cancel()
+    text = out.getvalue()
+    assert "(reply stopped; Ctrl-C again at the prompt quits)" in text and "Traceback" not in text
+    shown = text.split("Assistant: ")[1].split("\n")[0]
+    assert shown.startswith("w0 w1 ") and "w199" not in shown  # stopped early, what was shown kept
+    assert text.count("User: ") == 2  # back at the prompt after the stopped reply, then quit
+
+
+def test_dependency_warnings_wait_until_the_reply_is_done(monkeypatch):
+    from hf_nanochat.serve import chat
+
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", out)
+    monkeypatch.setattr(chat, "_SHOWN", set())
+    assert chat.reply(SlowEngine(words=5, delay=0), [{"role": "user", "content": "hi"}], {}) == "w0 w1 w2 w3 w4 "
+    assert chat.reply(SlowEngine(words=5, delay=0), [{"role": "user", "content": "hi"}], {}) == "w0 w1 w2 w3 w4 "
+    assert out.getvalue() == "w0 w1 w2 w3 w4 \nFutureWarning: `past_key_values` is deprecated\nw0 w1 w2 w3 w4 \n"  # once
+
+
+@pytest.mark.slow
+def test_ctrl_c_at_the_prompt_of_the_real_command_exits_without_traceback(model_dir):
+    import os
+    import select
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "hf_nanochat.cli", "chat", "--model", str(model_dir), *GREEDY],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen, deadline = b"", time.time() + 240
+    while b"User: " not in seen:
+        assert time.time() < deadline and proc.poll() is None, seen + proc.stderr.read()
+        if select.select([proc.stdout], [], [], 0.5)[0]:
+            seen += os.read(proc.stdout.fileno(), 4096)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and b"Traceback" not in err, err.decode()[-2000:]

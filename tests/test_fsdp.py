@@ -245,11 +245,11 @@ def test_sharded_newton_schulz_equals_unsharded_on_uneven_shards(tmp_path):
 def test_memory_cli_for_the_7b_recipe(capsys):
     from hf_nanochat.cli import main
 
-    rc = main(["memory", "--config", str(REPO / "train_configs/7b.yaml"), "--accelerate-config", str(REPO / "accelerate_configs/fsdp.yaml"), "--gpu-memory", "80GB"])
+    rc = main(["memory", "--config", str(REPO / "train_configs/7b.yaml"), "--accelerate-config", str(REPO / "accelerate_configs/fsdp.yaml"), "--gpu-memory", "80GiB"])
     out = capsys.readouterr().out
     assert rc == 0
     assert "depth 52 (vocab 65536), bf16, muon, FSDP full shard x 8, activation checkpointing on, seq 2048, loss in chunks of 2,048 tokens" in out
     assert "per device at device batch 24:" in out and "total           51.32 GiB" in out
     assert "fits in 80.0 GiB" in out and "largest device batch that fits 80.0 GiB: 42" in out
-    rc = main(["memory", "--config", str(REPO / "train_configs/7b.yaml"), "--accelerate-config", str(REPO / "accelerate_configs/fsdp.yaml"), "--gpu-memory", "40GB"])
+    rc = main(["memory", "--config", str(REPO / "train_configs/7b.yaml"), "--accelerate-config", str(REPO / "accelerate_configs/fsdp.yaml"), "--gpu-memory", "40GiB"])
     assert rc == 1 and "does NOT fit in 40.0 GiB" in capsys.readouterr().out  # the exit status says so to scripts

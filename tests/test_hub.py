@@ -36,7 +36,8 @@ def test_dry_run_writes_the_upload_folder(model_folder, tmp_path):
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_nanochat_gpt.NanoChatGPTForCausalLM"
     assert (out / "chat_template.jinja").read_text() == (model_folder / "chat_template.jinja").read_text()
     card = ModelCard((out / "README.md").read_text())
-    assert card.data.library_name == "transformers" and card.data.license == "mit"
+    assert card.data.library_name == "transformers" and card.data.license is None  # not asked for: not claimed
+    assert "license:" not in (out / "README.md").read_text().split("---")[1]
     assert card.data.datasets == ["HuggingFaceTB/smol-smoltalk"]
     assert card.data.base_model == "someone/nanochat-d2-base"
     assert "nanochat" in card.data.tags and card.data.pipeline_tag == "text-generation"
@@ -220,3 +221,12 @@ def test_speedrun_report_is_embedded_with_its_plot(model_folder, tmp_path):
     assert "\n### nanochat training report: tiny\n" in card and "\n#### Base model\n" in card
     assert "\n# nanochat training report" not in card
     assert (out / "report_loss.png").read_bytes() == (folder / "report_loss.png").read_bytes()
+
+
+def test_license_only_when_asked_and_weights_readable_like_the_rest(model_folder, tmp_path):
+    import stat
+
+    out = build_upload_folder(model_folder, tmp_path / "mit", REPO, license="apache-2.0")
+    assert ModelCard((out / "README.md").read_text()).data.license == "apache-2.0"
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert modes["model.safetensors"] == modes["config.json"], modes  # safetensors alone wrote 0600

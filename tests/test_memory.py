@@ -116,9 +116,11 @@ def test_checkpointing_and_sharding_reduce_memory_and_largest_batch_fits():
 
 
 def test_parse_size_and_errors():
-    assert parse_size("16GB") == 16 * GiB == parse_size("16GiB") == parse_size("16g")
-    assert parse_size("512M") == 512 << 20
-    for bad in ("", "abc", "-3GB", "12XB"):
+    # GB is SI (what GPU boxes say), GiB binary (what nvidia-smi shows); a bare G/M means binary.
+    assert parse_size("16GB") == 16 * 10**9 and parse_size("16gb") == 16_000_000_000
+    assert parse_size("16GiB") == 16 * 2**30 == 16 * GiB == parse_size("16g")
+    assert parse_size("512M") == 512 << 20 and parse_size("1.5TB") == 1_500_000_000_000
+    for bad in ("", "abc", "-3GB", "12XB", "lots"):
         with pytest.raises(ValueError, match="memory size"):
             parse_size(bad)
     with pytest.raises(ValueError, match="dtype"):

@@ -17,7 +17,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import hf_nanochat  # noqa: F401  (registers the Auto classes)
+import hf_nanochat.modeling  # noqa: F401  (registers the Auto classes)
 from hf_nanochat import NanoChatGPTConfig, NanoChatGPTForCausalLM
 from hf_nanochat.train.pretrain import evaluate_bpb, list_checkpoints, train
 from hf_nanochat.train.config import config_from_dict
@@ -205,11 +205,13 @@ def test_kill_9_during_a_save_leaves_the_last_checkpoint_loadable(reference_run,
     killed = subprocess.run([sys.executable, "-c", KILL_DURING_SECOND_SAVE, *_cli(data, tmp_path, [])], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000008"]
-    assert (tmp_path / "checkpoints" / ".tmp_step_000016").exists()  # the interrupted one
+    assert len(list((tmp_path / "checkpoints").glob(".tmp_step_000016.*"))) == 1  # the interrupted one (named per run)
+    assert (tmp_path / ".run.lock").exists()  # left by the killed run: stale, taken over below
     AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoints/step_000008/model")  # loadable
     resumed = subprocess.run([sys.executable, "train.py", *_cli(data, tmp_path, ["--resume"])], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert not (tmp_path / "checkpoints" / ".tmp_step_000016").exists()
+    assert not list((tmp_path / "checkpoints").glob(".tmp_*"))
+    assert "removing the stale lock" in resumed.stderr and not (tmp_path / ".run.lock").exists()
     ours, theirs = read_metrics(tmp_path), read_metrics(reference_run[0])
     assert [m["step"] for m in ours] == list(range(1, 17))
     for a, b in zip(ours, theirs):

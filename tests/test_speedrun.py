@@ -67,6 +67,11 @@ def test_rerun_skips_finished_stages_and_resumes_pretraining(run):
     state = json.loads((out / "speedrun_state.json").read_text())
     assert state["stages"]["tokenizer"]["attempts"] == 1
     assert state["stages"]["base"]["attempts"] == 2
+    # The killed attempt's time is kept (from its heartbeat / log) and counted in the total.
+    killed, finished = state["stages"]["base"]["attempt_log"]
+    assert killed["status"] == "interrupted" and killed["seconds"] > 0 and finished["status"] == "done"
+    assert state["stages"]["base"]["seconds"] == pytest.approx(killed["seconds"] + finished["seconds"])
+    assert "removing the stale lock" in log  # the killed speedrun's lock, taken over
     assert all(s["status"] == "done" for s in state["stages"].values())
     # Pretraining continued from its checkpoint: every step logged exactly once, none redone from 1.
     steps = [json.loads(line)["step"] for line in (out / "base" / "metrics.jsonl").read_text().splitlines()]
@@ -95,7 +100,9 @@ def test_report_numbers_come_from_the_run(run):
     for stage in ("mid", "sft"):
         evaluation = json.loads((out / f"eval_{stage}.json").read_text())
         assert report["chat"][stage]["tasks"] == {k: v["accuracy"] for k, v in evaluation["tasks"].items()}
-        assert report["chat"][stage]["train_loss"] == json.loads((out / stage / "train_metrics.json").read_text())["train_loss"]
+        losses = [json.loads(line)["loss"] for line in (out / stage / "metrics.jsonl").read_text().splitlines()]
+        assert report["chat"][stage]["train_loss"] == pytest.approx(sum(losses) / len(losses))  # every logged step
+    assert report["total"]["seconds"] == pytest.approx(sum(s["seconds"] for s in report["stages"].values()))
     assert report["tokenizer"]["vocab_size"] == config["vocab_size"]
     assert report["chat_samples"] and all(s["reply"] for s in report["chat_samples"])
     md = (out / "report.md").read_text()

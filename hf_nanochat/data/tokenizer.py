@@ -136,8 +136,10 @@ def chat_tokenizer(backend: Tokenizer) -> NanoChatTokenizer:
 
 def load_tokenizer(path_or_hub_id: str, **kwargs) -> PreTrainedTokenizerFast:
     """`AutoTokenizer.from_pretrained`; a folder saved by `train_tokenizer` loads as NanoChatTokenizer."""
-    import hf_nanochat  # noqa: F401  (registers NanoChatTokenizer with AutoTokenizer)
+    import hf_nanochat.modeling  # noqa: F401  (registers NanoChatTokenizer with AutoTokenizer)
+    from hf_nanochat.model_folder import check_tokenizer_source
 
+    check_tokenizer_source(path_or_hub_id)  # a missing folder or tokenizer.json, said as such
     return AutoTokenizer.from_pretrained(path_or_hub_id, **kwargs)
 
 

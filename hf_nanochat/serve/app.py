@@ -2,9 +2,13 @@
 
 `gr.ChatInterface` streams the engine's text; the sidebar holds temperature / top-k / max
 tokens, examples sit under the box, the chatbot's trash icon clears the history. The limits
-below make the app safe to host: every request is checked (message length, turns, total
-tokens, sampling settings clamped) and a violation reaches the user as a short `gr.Error`
-message, never a stack trace; the queue bounds how many generations run at once and wait.
+below make the app safe to host. Every input is bounded before any work is done on it: the
+HTTP body size in front of Gradio (serve/body_limit.py: a crafted history never gets parsed),
+then the history's entries and characters before it is tokenized, then the message length,
+turns and total tokens; sampling settings are clamped. A violation reaches the user as a short
+message in the chat, never a stack trace; the queue bounds how many generations run at once
+and wait. The same checks cover the UI events and the documented `/chat` API (both read the
+history through `respond`, and every request passes the body limit).
 """
 from __future__ import annotations
 
@@ -44,6 +48,29 @@ class ChatLimits:
     default_temperature: float = 0.6
     default_top_k: int = 50
     default_max_tokens: int = 256
+    # None: derived. History characters: max_total_tokens x the tokenizer's longest token, the
+    # most text that can still fit the token budget, so refusing more never refuses a chat that
+    # would fit. Request bytes: that many characters at JSON's worst case (12 bytes for an
+    # escaped emoji) plus room for Gradio's per-message fields.
+    max_history_chars: int | None = None
+    max_request_bytes: int | None = None
+
+
+JSON_BYTES_PER_CHAR = 12  # "\ud83d\ude42": one emoji as ensure_ascii JSON
+REQUEST_OVERHEAD_BYTES = 256 * 1024
+
+
+def longest_token_chars(tokenizer) -> int:
+    """Characters of the longest vocabulary entry (byte-level BPE: its bytes, >= its characters)."""
+    return max(map(len, tokenizer.get_vocab()))
+
+
+def resolved_limits(limits: ChatLimits, tokenizer, context: int | None = None) -> ChatLimits:
+    """`limits` with the model's context applied and the derived bounds filled in."""
+    total = min(limits.max_total_tokens, context) if context else limits.max_total_tokens
+    chars = limits.max_history_chars or total * longest_token_chars(tokenizer)
+    request = limits.max_request_bytes or REQUEST_OVERHEAD_BYTES + JSON_BYTES_PER_CHAR * (chars + limits.max_message_chars)
+    return ChatLimits(**{**limits.__dict__, "max_total_tokens": total, "max_history_chars": chars, "max_request_bytes": request})
 
 
 class LimitExceeded(ValueError):
@@ -107,6 +134,17 @@ def checked_request(limits: ChatLimits, tokenizer, message, history, temperature
             f"Your message is {len(message):,} characters long; the limit is {limits.max_message_chars:,}. Please shorten it."
         )
     history = history or []
+    if not isinstance(history, list) or not all(isinstance(turn, dict) for turn in history):
+        raise LimitExceeded("Cannot read this conversation; clear the chat to start a new one.")
+    # Bounded before any parsing or tokenizing: entries, then characters.
+    if len(history) > 4 * limits.max_turns + 4:
+        raise LimitExceeded(f"This conversation has {len(history):,} messages; the limit is {limits.max_turns} turns. Clear the chat to start a new one.")
+    max_chars = limits.max_history_chars or limits.max_total_tokens * longest_token_chars(tokenizer)
+    chars = sum(len(text) for turn in history if (text := _text_content(turn.get("content"))) is not None)
+    if chars > max_chars:
+        raise LimitExceeded(
+            f"This conversation is {chars:,} characters long; the limit is {max_chars:,}. Clear the chat to start a new one."
+        )
     turns = 1 + sum(1 for turn in history if turn.get("role") == "user") - sum(1 for turn in history if _is_limit_message(turn))
     if turns > limits.max_turns:
         raise LimitExceeded(f"This conversation reached the limit of {limits.max_turns} turns. Clear the chat to start a new one.")
@@ -139,8 +177,7 @@ def model_summary(model, name: str) -> str:
 def build_app(model, tokenizer, limits: ChatLimits = ChatLimits(), model_name: str = "nanochat") -> gr.Blocks:
     """The chat UI as Blocks (queue configured, not launched): tests launch it themselves."""
     engine = Engine(model, tokenizer)
-    context = getattr(model.config, "max_position_embeddings", limits.max_total_tokens)
-    limits = ChatLimits(**{**limits.__dict__, "max_total_tokens": min(limits.max_total_tokens, context)})
+    limits = resolved_limits(limits, tokenizer, getattr(model.config, "max_position_embeddings", None))
 
     def respond(message, history, temperature, top_k, max_tokens) -> Iterator[str]:
         try:
@@ -181,12 +218,22 @@ def build_app(model, tokenizer, limits: ChatLimits = ChatLimits(), model_name: s
             api_name="chat",
         )
     demo.queue(default_concurrency_limit=limits.concurrency, max_size=limits.max_queue)
+    demo.chat_limits = limits  # what `serve` puts in front of it (the request-size bound)
     return demo
 
 
+def serve(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, **launch_kwargs):
+    """Launch a `build_app` app behind its request-size limit (every route, before Gradio parses)."""
+    from starlette.middleware import Middleware
+
+    from hf_nanochat.serve.body_limit import BodyLimitMiddleware
+
+    middleware = [Middleware(BodyLimitMiddleware, max_bytes=demo.chat_limits.max_request_bytes)]
+    return demo.launch(server_name=host, server_port=port, ssr_mode=False, app_kwargs={"middleware": middleware}, **launch_kwargs)
+
+
 def launch_app(model, tokenizer, host: str = "127.0.0.1", port: int = 7860, limits: ChatLimits = ChatLimits(), model_name: str = "nanochat", **launch_kwargs):
-    demo = build_app(model, tokenizer, limits, model_name)
-    return demo.launch(server_name=host, server_port=port, ssr_mode=False, **launch_kwargs)
+    return serve(build_app(model, tokenizer, limits, model_name), host, port, **launch_kwargs)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -202,6 +249,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
     parser.add_argument("--concurrency", type=int, default=defaults.concurrency, help="generations running at once")
     parser.add_argument("--max-queue", type=int, default=defaults.max_queue, help="requests allowed to wait")
+    parser.add_argument("--max-history-chars", type=int, default=None, help="default: the most text that can fit --max-total-tokens")
+    parser.add_argument("--max-request-bytes", type=int, default=None, help="largest HTTP body accepted (default: from the history limit)")
 
 
 def limits_from_args(args: argparse.Namespace) -> ChatLimits:
@@ -212,6 +261,8 @@ def limits_from_args(args: argparse.Namespace) -> ChatLimits:
         max_new_tokens=args.max_new_tokens,
         concurrency=args.concurrency,
         max_queue=args.max_queue,
+        max_history_chars=args.max_history_chars,
+        max_request_bytes=args.max_request_bytes,
     )
 
 

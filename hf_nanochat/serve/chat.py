@@ -5,7 +5,10 @@ Interactive commands: /clear forgets the conversation, /exit (or end of input) q
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import warnings
+from collections.abc import Iterator
 
 import torch
 
@@ -43,11 +46,17 @@ def run(args: argparse.Namespace) -> int:
         return 0 if reply(engine, [{"role": "user", "content": args.prompt}], sampling) is not None else 1
     params = sum(p.numel() for p in model.parameters())
     print(f"Chatting with {args.model} ({params / 1e6:.1f}M parameters on {model.device.type}); {HELP}")
+    return interactive(engine, sampling)
+
+
+def interactive(engine: Engine, sampling: dict, read_line=input) -> int:
+    """The conversation loop. Ctrl-C during a reply stops that reply (what was shown stays in
+    the conversation); Ctrl-C at the prompt, /exit or end of input quits. No traceback."""
     history: list[dict] = []
     while True:
         try:
-            line = input("\nUser: ")
-        except EOFError:
+            line = read_line("\nUser: ")
+        except (EOFError, KeyboardInterrupt):
             print()
             return 0
         command = line.strip()
@@ -71,15 +80,57 @@ def run(args: argparse.Namespace) -> int:
             history.append({"role": "assistant", "content": parse_rendered_reply(text)})
 
 
-def reply(engine: Engine, messages: list[dict], sampling: dict) -> str | None:
-    """Stream the reply to stdout; None (with the reason on stderr) if it could not be generated."""
-    text = ""
+@contextlib.contextmanager
+def warnings_after_reply() -> Iterator[None]:
+    """Hold back Python warnings and transformers' log messages (FutureWarnings and the like from
+    the libraries) while a reply streams, and print them after it, once each, on stderr: printed
+    as they come they land in the middle of the reply."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    held: list[str] = []
+
+    class Hold(logging.Handler):
+        def emit(self, record):
+            held.append(f"{record.levelname.lower()}: {record.getMessage()}")
+
+    handler = Hold()
+    hf_logging.disable_default_handler()
+    hf_logging.add_handler(handler)
     try:
-        for chunk in engine.chat(messages, **sampling):
-            print(chunk, end="", flush=True)
-            text += chunk
-    except ValueError as err:  # e.g. the conversation outgrew the context
-        print(f"\nerror: {err}" + ("; /clear starts a new conversation" if len(messages) > 1 else ""), file=sys.stderr)
-        return None
-    print()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            yield
+    finally:
+        hf_logging.remove_handler(handler)
+        hf_logging.enable_default_handler()
+        held += [f"{w.category.__name__}: {w.message}" for w in caught]
+        for text in dict.fromkeys(held):
+            if text not in _SHOWN:
+                _SHOWN.add(text)
+                print(text, file=sys.stderr, flush=True)
+
+
+_SHOWN: set[str] = set()  # each held-back warning is shown once per session
+
+
+def reply(engine: Engine, messages: list[dict], sampling: dict) -> str | None:
+    """Stream the reply to stdout; None (with the reason on stderr) if it could not be generated.
+    Ctrl-C stops the reply and returns what was shown."""
+    text = ""
+    with warnings_after_reply():
+        stream = engine.chat(messages, **sampling)
+        try:
+            for chunk in stream:
+                print(chunk, end="", flush=True)
+                text += chunk
+        except ValueError as err:  # e.g. the conversation outgrew the context
+            print(f"\nerror: {err}" + ("; /clear starts a new conversation" if len(messages) > 1 else ""), file=sys.stderr)
+            return None
+        except KeyboardInterrupt:
+            stream.close()
+            print("\n(reply stopped; Ctrl-C again at the prompt quits)", flush=True)
+            return text
+        print()  # inside: held-back warnings come after the reply's line
     return text

@@ -85,8 +85,11 @@ def load_chat_model(
     (defaults: the best device here and the dtype training would use on it), in eval mode."""
     from transformers import AutoModelForCausalLM
 
-    import hf_nanochat  # noqa: F401  (registers the model type with the Auto classes)
+    import hf_nanochat.modeling  # noqa: F401  (registers the model type with the Auto classes)
 
+    from hf_nanochat.model_folder import check_model_source
+
+    check_model_source(name_or_path, need_tokenizer=True)  # before transformers reads it as a Hub id
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
     model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype).to(device).eval()

@@ -196,6 +196,9 @@ def convert_folder(src: str | Path, out: str | Path, direction: str) -> Path:
         raise ValueError(f"unknown direction {direction!r}")
     src, out = Path(src), Path(out)
     expected = source.config_class.model_type
+    from hf_nanochat.model_folder import check_model_source
+
+    check_model_source(str(src))  # a missing folder is named as one
     found = _model_type(src)
     if found != expected:
         raise ValueError(f"{src} holds a {found!r} model; {direction} expects model_type {expected!r}")
@@ -207,6 +210,9 @@ def convert_folder(src: str | Path, out: str | Path, direction: str) -> Path:
     copy_tokenizer_files(src, out, remote_code=direction != "to-transformers")
     if direction == "from-transformers":
         restore_safe_tokenizer(out)
+    from hf_nanochat.model_folder import match_permissions
+
+    match_permissions(out)  # safetensors writes 0600; the rest is 0644
     return out
 
 

@@ -19,9 +19,9 @@ import huggingface_hub
 from huggingface_hub import HfApi, ModelCardData
 
 from hf_nanochat.data.provenance import DATA_RECORD, describe_stage, hub_datasets, read_stage_records
+from hf_nanochat.model_folder import check_weights, match_permissions
 from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
 
-DEFAULT_LICENSE = "mit"  # nanochat's license
 DEFAULT_TAGS = ["nanochat", "hf-nanochat", "text-generation", "custom_code"]
 REPORT_FILE = "report.md"  # written by the speedrun next to the final checkpoint
 REPORT_PLOT = "report_loss.png"
@@ -57,7 +57,7 @@ def build_upload_folder(
     folder: str | Path,
     out: str | Path,
     repo_id: str,
-    license: str = DEFAULT_LICENSE,
+    license: str | None = None,
     datasets: list[str] | None = None,
     base_model: str | None = None,
     tags: list[str] | None = None,
@@ -75,6 +75,7 @@ def build_upload_folder(
         raise ValueError(f"{folder} holds a {model_type!r} model; push expects {NanoChatGPTConfig.model_type!r}")
     if not (folder / "tokenizer.json").is_file():
         raise FileNotFoundError(f"{folder} has no tokenizer.json: save the tokenizer next to the model")
+    check_weights(folder)  # a truncated safetensors file, named
     if not _has_chat_template(folder):
         raise ValueError(f"the tokenizer in {folder} has no chat template")
     if out.exists() and any(out.iterdir()):
@@ -86,6 +87,7 @@ def build_upload_folder(
     model = NanoChatGPTForCausalLM.from_pretrained(folder, dtype="auto")
     model.save_pretrained(out)
     NanoChatTokenizer.from_pretrained(folder).save_pretrained(out)
+    match_permissions(out)  # safetensors writes 0600; the rest is 0644
     report = (folder / REPORT_FILE).read_text() if (folder / REPORT_FILE).is_file() else None
     # The card names the data the stages recorded reading (data_used.json), never a default.
     stages = read_stage_records(folder)
@@ -173,7 +175,7 @@ def model_card(
     repo_id: str,
     model,
     report: str | None,
-    license: str,
+    license: str | None,
     datasets: list[str],
     base_model: str | None,
     tags: list[str],
@@ -184,7 +186,7 @@ def model_card(
     data = ModelCardData(
         library_name="transformers",
         pipeline_tag="text-generation",
-        license=license,
+        license=license,  # None leaves it out: the weights' license is the owner's to state (--license)
         tags=tags,
         datasets=datasets or None,
         base_model=base_model,
@@ -251,7 +253,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--revision", help="branch to push to (created if missing); default main")
     parser.add_argument("--dry-run", metavar="DIR", help="write the exact upload folder to DIR and upload nothing")
-    parser.add_argument("--license", default=DEFAULT_LICENSE)
+    parser.add_argument("--license", default=None, help="Hub license id for the weights, e.g. mit or apache-2.0 "
+                        "(default: none stated; nanochat's code is MIT, the weights' license is yours to choose)")
     parser.add_argument("--dataset", action="append", dest="datasets", help="training dataset id (repeatable; "
                         "default: the Hub datasets the folder's data_used.json records)")
     parser.add_argument("--base-model", help="the model this one was fine-tuned from, if any")

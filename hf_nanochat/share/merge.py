@@ -16,7 +16,7 @@ import torch
 def merge_adapter(adapter_dir: str, out_dir: str, base: str | None = None):
     """Merge the adapter in `adapter_dir` into its base model and save the result to `out_dir`.
     Returns the merged model."""
-    import hf_nanochat  # noqa: F401  (registers the model with the Auto classes)
+    import hf_nanochat.modeling  # noqa: F401  (registers the model with the Auto classes)
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -28,11 +28,15 @@ def merge_adapter(adapter_dir: str, out_dir: str, base: str | None = None):
     base = base or json.loads(config_path.read_text())["base_model_name_or_path"]
     if not base:
         raise ValueError(f"{config_path} names no base model; pass --base")
+    from hf_nanochat.model_folder import check_model_source, match_permissions
+
+    check_model_source(base, what="base model")
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
     merged.save_pretrained(out_dir)
     tok_source = adapter_dir if (Path(adapter_dir) / "tokenizer_config.json").exists() else base
     load_tokenizer(tok_source).save_pretrained(out_dir)
+    match_permissions(out_dir)  # safetensors writes 0600; the rest is 0644
     print(f"merged {adapter_dir} into {base} -> {out_dir}")
     return merged
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from hf_nanochat.errors import UserError
 from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
 from hf_nanochat.modeling.modeling_nanochat_gpt import NanoChatGPTForCausalLM
 
@@ -69,7 +70,13 @@ def load_checkpoint(checkpoint_dir: str | Path, step: int | None = None) -> tupl
         step = steps[-1]
     elif step not in steps:
         raise FileNotFoundError(f"step {step} not in {checkpoint_dir} (available: {steps})")
-    state = torch.load(_step_file(checkpoint_dir, "model", step, ".pt"), map_location="cpu", weights_only=True)
+    weights = _step_file(checkpoint_dir, "model", step, ".pt")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # torch's message is a page long (and suggests weights_only=False)
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        reason = next((line for line in lines[1:] if not line.startswith("Check the documentation")), lines[0] if lines else "")
+        raise UserError(f"refusing to load {weights}: it holds more than tensors, which could run code ({reason})") from None
     state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}
     meta = json.loads(_step_file(checkpoint_dir, "meta", step, ".json").read_text())
     return state, meta, step
@@ -257,5 +264,8 @@ def convert_nanochat_checkpoint(
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    from hf_nanochat.model_folder import match_permissions
+
+    match_permissions(out)  # safetensors writes 0600; the rest is 0644
     (out / "nanochat_meta.json").write_text(json.dumps({**meta, "converted_from_step": step}, indent=2))
     return out

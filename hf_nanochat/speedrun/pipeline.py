@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -164,25 +165,62 @@ def format_plan(p: dict, stages: list[Stage]) -> str:
 # ----------------------------------------------------------------------------------------- run
 
 
+HEARTBEAT_SECONDS = 10.0  # how often a running attempt's time is written to the state file
+
+
+def _attempt_log(entry: dict, log_path: Path) -> list[dict]:
+    """The stage's attempts, each {started, seconds, status, exit}. An attempt still marked
+    running belongs to a speedrun that was killed: it is closed as interrupted, its time taken
+    from its last heartbeat or the stage log's last write, whichever is later."""
+    attempts = entry.setdefault("attempt_log", [])
+    if not attempts and entry.get("seconds"):  # a state file from before attempts were kept
+        attempts.append({"started": None, "seconds": entry["seconds"], "status": "unknown", "exit": None})
+    last = attempts[-1] if attempts else None
+    if last and last["status"] == "running":
+        if log_path.exists() and last.get("started"):
+            last["seconds"] = max(last["seconds"], log_path.stat().st_mtime - last["started"])
+        last["status"] = "interrupted"
+    return attempts
+
+
 def run_stage(stage: Stage, out: Path, state: dict) -> None:
     entry = state["stages"].setdefault(stage.name, {})
     resumed = entry.get("status") in ("running", "failed")
-    entry.update(status="running", command=shlex.join(stage.command), attempts=entry.get("attempts", 0) + 1)
+    log_path = out / "logs" / f"{stage.name}.log"
+    attempts = _attempt_log(entry, log_path)
+    attempt = {"started": time.time(), "seconds": 0.0, "status": "running", "exit": None}
+    attempts.append(attempt)
+    entry.update(status="running", command=shlex.join(stage.command), attempts=len(attempts),
+                 seconds=sum(a["seconds"] for a in attempts))
     write_state(out, state)
     print(f"\n=== {stage.name}{' (resuming)' if resumed else ''}: {shlex.join(stage.command)}", flush=True)
     t0 = time.time()
-    with open(out / "logs" / f"{stage.name}.log", "a") as log:
-        proc = subprocess.Popen(stage.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT)
+    # Line-buffered log and an unbuffered child: each line reaches the log (and the console)
+    # as it is printed, also under nohup or CI; the child sees a pipe, so it prints progress
+    # as lines (hf_nanochat.train.progress) rather than tqdm refreshes.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    heartbeat = t0
+    with open(log_path, "a", buffering=1) as log:
+        proc = subprocess.Popen(stage.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT, env=env)
         for line in proc.stdout:  # show progress live and keep it
             sys.stdout.write(line)
+            sys.stdout.flush()
             log.write(line)
+            if time.time() - heartbeat > HEARTBEAT_SECONDS:  # a kill of the speedrun keeps this attempt's time
+                heartbeat = time.time()
+                attempt["seconds"] = heartbeat - t0
+                entry["seconds"] = sum(a["seconds"] for a in attempts)
+                write_state(out, state)
         code = proc.wait()
-    entry["seconds"] = entry.get("seconds", 0.0) + (time.time() - t0)
-    if code != 0 or not stage.output.exists():
+    attempt.update(seconds=time.time() - t0, exit=code, status="done" if code == 0 and stage.output.exists() else "failed")
+    entry["seconds"] = sum(a["seconds"] for a in attempts)  # every attempt's time, failed ones too
+    if attempt["status"] == "failed":
         entry["status"] = "failed"
         write_state(out, state)
-        raise RuntimeError(f"stage {stage.name} failed (exit {code}); log: {out / 'logs' / (stage.name + '.log')}. "
-                           "Rerun the same command to resume.")
+        from hf_nanochat.errors import UserError
+
+        # One line: the stage's own output (above, and in its log) has the details.
+        raise UserError(f"stage {stage.name} failed (exit {code}); log: {log_path}. Rerun the same command to resume.")
     entry["status"] = "done"
     write_state(out, state)
 
@@ -200,7 +238,14 @@ def speedrun(name: str, out: Path, launch_config: str | None = None, dry_run: bo
     print(format_plan(p, stages), flush=True)
     if dry_run:
         return 0
+    from hf_nanochat.train.run_lock import folder_lock
+
     (out / "logs").mkdir(parents=True, exist_ok=True)
+    with folder_lock(out):  # a second speedrun on this folder fails here, naming the first
+        return _run_stages(name, out, stages, p, launch)
+
+
+def _run_stages(name: str, out: Path, stages: list[Stage], p: dict, launch: Path) -> int:
     state = read_state(out)
     if state.get("recipe", name) != name:
         raise SystemExit(f"{out} holds a {state['recipe']!r} speedrun; use another --output")

@@ -112,6 +112,15 @@ def data_section(out: Path) -> dict:
     return stages
 
 
+def stage_losses(out: Path, stage: str) -> list[dict]:
+    """A chat stage's logged losses over all its steps, resumed attempts included: its
+    metrics.jsonl (hf_nanochat.train.sft.MetricsLog), else the log history TRL restored."""
+    rows = _read_jsonl(out / stage / "metrics.jsonl")
+    if not rows:
+        rows = (_read_json(out / stage / "train_metrics.json") or {}).get("log_history") or []
+    return [r for r in rows if "loss" in r and "step" in r]
+
+
 def chat_section(out: Path) -> dict:
     stages = {}
     for stage in CHAT_STAGES:
@@ -119,11 +128,15 @@ def chat_section(out: Path) -> dict:
         train = _read_json(out / stage / "train_metrics.json")
         if evaluation is None and train is None:
             continue
+        losses = stage_losses(out, stage)
         stages[stage] = {
             "tasks": {k: v["accuracy"] for k, v in (evaluation or {}).get("tasks", {}).items()},
             "samples": {k: v.get("sample") for k, v in (evaluation or {}).get("tasks", {}).items()},
             "chatcore": (evaluation or {}).get("chatcore"),
-            "train_loss": (train or {}).get("train_loss"),
+            # Mean over every logged step of the stage; TRL's train_loss is only the last attempt's.
+            "train_loss": sum(r["loss"] for r in losses) / len(losses) if losses else None,
+            "final_loss": losses[-1]["loss"] if losses else None,
+            "logged_steps": len(losses),
             "steps": (train or {}).get("global_step"),
         }
     return stages
@@ -170,8 +183,7 @@ def plot_losses(out: Path, path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     base = _read_jsonl(out / "base" / "metrics.jsonl")
-    chat = {s: [h for h in ((_read_json(out / s / "train_metrics.json") or {}).get("log_history") or []) if "loss" in h]
-            for s in CHAT_STAGES}
+    chat = {s: stage_losses(out, s) for s in CHAT_STAGES}
     if not base and not any(chat.values()):
         return False
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
@@ -218,10 +230,14 @@ def render_markdown(report: dict) -> str:
               f"- GPUs: {', '.join(env['gpus']) if env['gpus'] else 'none (CPU)'}",
               f"- python {env['python']}; " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
               f"- hf-nanochat commit: {env['git_commit'] or 'unknown'}", ""]
-    lines += ["## Stages", "", "| stage | status | attempts | time | est. cost |", "|---|---|---:|---:|---:|"]
+    lines += ["## Stages", "", "Time and cost count every attempt, failed and interrupted ones too.", "",
+              "| stage | status | attempts | time | est. cost |", "|---|---|---:|---:|---:|"]
     for name, s in stages.items():
-        lines.append(f"| {name} | {s.get('status', '-')} | {s.get('attempts', 0)} | {s.get('seconds', 0):.0f} s | "
-                     f"${s.get('cost', 0):.2f} |")
+        failed = sum(1 for a in s.get("attempt_log", []) if a.get("status") in ("failed", "interrupted"))
+        attempts = f"{s.get('attempts', 0)}" + (f" ({failed} failed or interrupted)" if failed else "")
+        lines.append(f"| {name} | {s.get('status', '-')} | {attempts} | {s.get('seconds', 0):.0f} s | ${s.get('cost', 0):.2f} |")
+    total = report.get("total") or {}
+    lines.append(f"| **total** | | {total.get('attempts', 0)} | {total.get('seconds', 0):.0f} s | ${total.get('cost', 0):.2f} |")
     lines.append("")
     data = report.get("data") or {}
     if data:
@@ -239,7 +255,7 @@ def render_markdown(report: dict) -> str:
     base = report.get("base")
     if base:
         lines += ["## Base model", "",
-                  f"- shape: depth {base['depth']}, width {base['width']}, {base['heads']} heads, vocab {base['vocab_size']:,}, context {base['seq_len']}",
+                  f"- shape: depth {base['depth']}, width {base['width']}, {base['heads']} head{'s' if base['heads'] != 1 else ''}, vocab {base['vocab_size']:,}, context {base['seq_len']}",
                   f"- parameters: {base['params']:,}",
                   f"- trained: {base['steps']:,} steps, {base['tokens']:,} tokens ({base['tokens_per_param']:.2f} tokens/param)",
                   f"- loss: {base['first_loss']:.4f} -> {base['final_loss']:.4f}",
@@ -258,7 +274,8 @@ def render_markdown(report: dict) -> str:
         for t in tasks:
             lines.append(f"| {t} | " + " | ".join(_fmt(s["tasks"].get(t)) for s in chat.values()) + " |")
         lines.append("| ChatCORE | " + " | ".join(_fmt(s["chatcore"]) for s in chat.values()) + " |")
-        lines.append("| train loss | " + " | ".join(_fmt(s["train_loss"]) for s in chat.values()) + " |")
+        lines.append("| train loss (mean, all steps) | " + " | ".join(_fmt(s["train_loss"]) for s in chat.values()) + " |")
+        lines.append("| final train loss | " + " | ".join(_fmt(s.get("final_loss")) for s in chat.values()) + " |")
         lines.append("")
         from hf_nanochat.evaluate.chat_eval import describe_sample
 
@@ -291,10 +308,15 @@ def write_report(out: Path) -> tuple[Path, Path]:
         recipe = RECIPES[state["recipe"]]
     dollars_per_hour = recipe.dollars_per_hour if recipe else 0.0
     stages = {n: {**s, "cost": s.get("seconds", 0) / 3600 * dollars_per_hour} for n, s in state["stages"].items()}
+    total = {
+        "seconds": sum(s.get("seconds", 0) for s in stages.values()),
+        "cost": sum(s["cost"] for s in stages.values()),
+        "attempts": sum(s.get("attempts", 0) for s in stages.values()),
+    }
     data = data_section(out)
     data_source = (data.get("base") or {}).get("source")  # what pretraining read, not what the recipe names
     report = {
-        "recipe": state.get("recipe"), "plan": state.get("plan") or {}, "environment": environment(), "stages": stages,
+        "recipe": state.get("recipe"), "plan": state.get("plan") or {}, "environment": environment(), "stages": stages, "total": total,
         "tokenizer": tokenizer_section(out, data_source), "base": base_section(out), "chat": chat_section(out), "rl": rl_section(out),
         "chat_samples": chat_samples(out), "data": data,
     }

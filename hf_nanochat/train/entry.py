@@ -10,6 +10,8 @@ after the stage choice (argument checking, overrides) belongs to that loop.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
 
 import yaml
@@ -25,12 +27,38 @@ def recipe_stage(argv: list[str]) -> str:
         return known.stage
     if not known.config:
         return "base"
+    if not os.path.isfile(known.config):
+        raise FileNotFoundError(f"train config {known.config} does not exist")
     with open(known.config, encoding="utf-8") as f:
         return (yaml.safe_load(f) or {}).get("stage", "base")
 
 
+def full_help() -> str:
+    """Options of every stage: base pretraining's parser, then the chat stages' recipe keys."""
+    from hf_nanochat.train.pretrain import add_arguments
+    from hf_nanochat.train.sft import SFTStageConfig
+    from hf_nanochat.errors import CliParser
+
+    parser = CliParser(prog="train.py", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    keys = []
+    for f in dataclasses.fields(SFTStageConfig):
+        name = {"train_data": "data.train", "eval_data": "data.eval"}.get(f.name, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else ("[]" if f.default_factory is not dataclasses.MISSING else "required")
+        keys.append(f"  --{name}={default}")
+    return (
+        parser.format_help()
+        + "\nchat stages (stage: mid | sft, trained with TRL): the recipe's keys, each also a --key=value override:\n"
+        + "\n".join(keys)
+        + "\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        print(full_help())
+        return 0
     stage = recipe_stage(argv)
     if stage in ("mid", "sft"):
         from hf_nanochat.train.sft import main as stage_main

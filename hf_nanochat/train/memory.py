@@ -138,18 +138,21 @@ def largest_device_batch(config: NanoChatGPTConfig, seq_len: int, budget_bytes: 
 
 
 def parse_size(text: str) -> int:
-    """'16GB', '80GiB', '1.5T', '512M' -> bytes (GB and GiB both mean 2**30, as nvidia-smi shows)."""
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": GiB, "T": 1 << 40}
-    s = text.strip().upper().replace("IB", "").replace("B", "")
+    """'16GB' -> 16e9 bytes, '16GiB' -> 16 * 2**30 (SI and binary prefixes, as written on the
+    box and as nvidia-smi shows); '1.5T', '512M' without B mean binary units."""
+    s = text.strip().upper()
+    binary = s.endswith("IB") or not s.endswith("B")  # "16G" as a shorthand for 16GiB
+    s = s.removesuffix("IB").removesuffix("B")
     number = s.rstrip("KMGT")
     unit = s[len(number) :]
+    powers = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}
     try:
         value = float(number)
     except ValueError:
-        raise ValueError(f"cannot read a memory size from {text!r} (try 16GB)") from None
-    if unit not in units or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"cannot read a memory size from {text!r} (try 16GB)")
-    return int(value * units[unit])
+        raise ValueError(f"cannot read a memory size from {text!r} (try 16GB or 16GiB)") from None
+    if unit not in powers or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"cannot read a memory size from {text!r} (try 16GB or 16GiB)")
+    return int(value * (1024 if binary else 1000) ** powers[unit])
 
 
 def format_estimate(est: MemoryEstimate, budget_bytes: int | None = None) -> str:

@@ -47,8 +47,16 @@ def vocab_size(config) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="train config YAML (train_configs/*.yaml)")
     parser.add_argument("--accelerate-config", help="accelerate config YAML (accelerate_configs/*.yaml); default: 1 process")
-    parser.add_argument("--gpu-memory", help="memory per device, e.g. 16GB, 80GB: says whether the run fits and the largest device batch that does")
+    parser.add_argument("--gpu-memory", type=_size, help="memory per device, e.g. 16GB (16e9 bytes) or 16GiB (16 x 2**30): "
+                        "says whether the run fits and the largest device batch that does")
     parser.add_argument("--cpu", action="store_true", help="leave out the CUDA context/allocator reserve (CPU runs)")
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def recipe_memory(config, accelerate_config: str | None, on_gpu: bool = True) -> tuple[NanoChatGPTConfig, int, dict]:
@@ -67,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     model, batch, kwargs = recipe_memory(config, args.accelerate_config, on_gpu=not args.cpu)
     dtype, fsdp, world = kwargs["dtype"], kwargs["fsdp"], kwargs["world_size"]
-    budget = parse_size(args.gpu_memory) if args.gpu_memory else None
+    budget = args.gpu_memory
     layout = "FSDP full shard" if fsdp else ("DDP" if world > 1 else "1 process")
     print(
         f"depth {config.depth} (vocab {model.vocab_size}), {dtype}, {config.optimizer}, {layout} x {world}, "

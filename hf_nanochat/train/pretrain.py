@@ -40,6 +40,9 @@ from hf_nanochat.train.auto_batch import PROBE_STEPS, halve, initial_device_batc
 from hf_nanochat.train.sharding import describe_sharding, export_skeleton, fsdp_plugin
 from hf_nanochat.train.precision import LossScaledStep, PrecisionPlan, newton_schulz_dtype, resolve_precision
 from hf_nanochat.train.config import TrainConfig, config_to_yaml, load_config, parse_value
+from hf_nanochat.train.checkpoints import newest_complete, pretrain_checkpoint_problems
+from hf_nanochat.train.run_lock import run_lock
+from hf_nanochat.model_folder import match_permissions
 
 CHECKPOINT_PREFIX = "step_"
 TMP_PREFIX = ".tmp_"
@@ -131,6 +134,10 @@ def peak_flops_per_device(config: TrainConfig, device: torch.device, mode: str) 
         return None
     name = torch.cuda.get_device_name(device)
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _human(n: float, unit: str = "") -> str:
@@ -228,7 +235,7 @@ def _fsync_dir(path: Path) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write, fsync, rename: a kill at any moment leaves the old or the new file, never half."""
-    tmp = path.with_name(TMP_PREFIX + path.name)
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")  # unique: never shared with another writer
     with open(tmp, "w") as f:
         f.write(text)
         f.flush()
@@ -249,12 +256,24 @@ def _link_or_copy_tree(src: Path, dst: Path) -> None:
                 shutil.copy2(os.path.join(dirpath, name), target / name)
 
 
+def _run_tag(accelerator) -> str:
+    """One id per run, the same on every rank: temp checkpoint folders carry it, so two runs
+    (which the run lock already keeps apart) could never write into one."""
+    import uuid
+
+    from accelerate.utils import broadcast_object_list
+
+    tag = [f"{os.getpid()}-{uuid.uuid4().hex[:8]}"]
+    return broadcast_object_list(tag)[0] if accelerator.num_processes > 1 else tag[0]
+
+
 class Checkpointer:
     def __init__(self, accelerator, output_dir: Path, keep: int):
         self.accelerator = accelerator
         self.root = output_dir / "checkpoints"
         self.output_dir = output_dir
         self.keep = keep
+        self.run_tag = _run_tag(accelerator)
 
     def clean_partial(self) -> None:
         """Temp dirs are checkpoints a crash interrupted: never complete, so never loaded."""
@@ -267,7 +286,7 @@ class Checkpointer:
     def save(self, step: int, model, tokenizer, trainer_state: dict, stream) -> Path:
         acc = self.accelerator
         final = self.root / f"{CHECKPOINT_PREFIX}{step:06d}"
-        tmp = self.root / f"{TMP_PREFIX}{final.name}"
+        tmp = self.root / f"{TMP_PREFIX}{final.name}.{self.run_tag}"
         if acc.is_main_process:
             if tmp.exists():
                 shutil.rmtree(tmp)
@@ -284,6 +303,7 @@ class Checkpointer:
             (tmp / "state" / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
         acc.wait_for_everyone()
         if acc.is_main_process:
+            match_permissions(tmp)  # safetensors writes 0600; the rest of the folder is 0644
             _fsync_tree(tmp)
             os.rename(tmp, final)  # the commit point: before it the previous checkpoint is the latest
             _fsync_dir(self.root)
@@ -339,7 +359,7 @@ def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: boo
 
     from accelerate import Accelerator, PartialState
     from accelerate.utils import GradScalerKwargs, parse_flag_from_env, set_seed
-    from tqdm.auto import tqdm
+    from hf_nanochat.train.progress import progress_bar  # a bar on a terminal, lines in a log
 
     from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
     from hf_nanochat.modeling.modeling_nanochat_gpt import NanoChatGPTForCausalLM
@@ -359,6 +379,8 @@ def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: boo
     device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     checkpointer = Checkpointer(accelerator, output_dir, config.keep_checkpoints)
     existing = list_checkpoints(output_dir)
+    if resume and existing:  # the newest complete one; damaged newer ones are named and moved aside
+        existing = newest_complete(existing, pretrain_checkpoint_problems, accelerator.print, move_damaged=accelerator.is_main_process)
     if existing and not resume:
         raise FileExistsError(f"{output_dir} already has checkpoints ({existing[-1].name}); pass --resume or use another --output_dir")
     if resume and not existing:
@@ -403,7 +425,7 @@ def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: boo
     total_tokens = num_iterations * config.total_batch_size
 
     plan_lines = [
-        f"model      depth {config.depth}: width {model_config.hidden_size}, {model_config.num_attention_heads} heads "
+        f"model      depth {config.depth}: width {model_config.hidden_size}, {_count(model_config.num_attention_heads, 'head')} "
         f"({model_config.num_key_value_heads} kv) x {model_config.head_dim}, vocab {model_config.vocab_size}, "
         f"context {config.max_seq_len}; {num_params:,} params ({_human(num_params)})",
         f"precision  {plan.mode}: {plan.reason}",
@@ -461,11 +483,10 @@ def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: boo
                 f"resuming on {world} processes from a checkpoint saved by {trainer_state['world_size']}: model, optimizer, "
                 "step and schedules continue exactly; the data streams are re-split and restart at the beginning of the train split"
             )
-        if accelerator.is_main_process:
-            _truncate_log(metrics_path, step)
-            _truncate_log(samples_path, step)
         accelerator.print(f"resumed from {latest} at step {step}")
-    if accelerator.is_main_process:
+    if accelerator.is_main_process:  # rows of steps after the checkpoint (or of a run with none) are redone
+        _truncate_log(metrics_path, step)
+        _truncate_log(samples_path, step)
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "train_config.yaml").write_text(config_to_yaml(config))
     if config.log_with:
@@ -474,7 +495,7 @@ def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: boo
     peak = peak_flops_per_device(config, device, plan.mode)
     eval_steps = max(1, config.eval_tokens // (config.device_batch_size * config.max_seq_len * world))
     train_iter = iter(train_stream)
-    progress = tqdm(total=num_iterations, initial=step, disable=not accelerator.is_local_main_process, desc="pretrain", dynamic_ncols=True)
+    progress = progress_bar(total=num_iterations, initial=step, disable=not accelerator.is_local_main_process, desc="pretrain", dynamic_ncols=True)
     model.train()
     record: dict = {}
     last_checkpoint = existing[-1] if resume and existing else None
@@ -620,8 +641,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, overrides)  # every error about the config surfaces here
     except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"train config error: {err}") from None
-    summary = train(config, resume=args.resume)
+        from hf_nanochat.errors import UserError
+
+        raise UserError(f"train config: {err}") from None
+    with run_lock(config.output_dir):  # a second run on this folder fails here, naming the first
+        summary = train(config, resume=args.resume)
     rc = 0 if summary["steps"] > 0 else 1
     if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         # gloo can abort in interpreter teardown after a clean run; leave deliberately instead.
@@ -636,7 +660,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="train.py", description="nanochat base pretraining with Accelerate")
+    from hf_nanochat.errors import CliParser  # short errors with did-you-mean for a mistyped key
+
+    parser = CliParser(prog="train.py", description="nanochat base pretraining with Accelerate")
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

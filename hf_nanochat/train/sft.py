@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 import yaml
+from transformers import TrainerCallback
 
 STAGES = ("mid", "sft")
 OPTIMIZERS = ("muon", "adamw")
@@ -125,10 +126,13 @@ class SFTStageConfig:
             raise ValueError("data must be a mapping with 'train' (and optionally 'eval') source lists")
         raw["train_data"] = data.get("train") or []
         raw["eval_data"] = data.get("eval") or []
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - names)
+        names = {f.name for f in dataclasses.fields(cls)} - {"train_data", "eval_data"} | {"data"}
+        unknown = sorted(set(raw) - names - {"train_data", "eval_data"})
         if unknown:
-            raise ValueError(f"unknown keys in the {raw.get('stage', 'chat')} stage config: {unknown}")
+            from hf_nanochat.errors import did_you_mean
+
+            listed = ", ".join(f"{k!r}{did_you_mean(k, names)}" for k in unknown)
+            raise ValueError(f"unknown keys in the {raw.get('stage', 'chat')} stage config: {listed}")
         return cls(**raw)
 
     @classmethod
@@ -260,7 +264,7 @@ def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_data
     `model`, `tokenizer` and the (messages) datasets may be passed in (tests, notebooks); by
     default they come from `cfg.model`, `cfg.tokenizer` and the data mixtures.
     """
-    import hf_nanochat  # noqa: F401  (registers the model with the Auto classes)
+    import hf_nanochat.modeling  # noqa: F401  (registers the model with the Auto classes)
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
@@ -268,6 +272,17 @@ def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_data
     from hf_nanochat.data.provenance import write_stage_record
     from hf_nanochat.data.tokenizer import load_tokenizer
 
+    from hf_nanochat.model_folder import check_model_source, check_tokenizer_source
+    from hf_nanochat.train.progress import interactive, quiet_library_progress_bars
+
+    bars = interactive()  # not a terminal: Trainer prints its logs as lines, no tqdm refreshes
+    if not bars:
+        quiet_library_progress_bars()
+
+    if model is None:  # a missing local folder is named as one, not looked up as a Hub id
+        check_model_source(cfg.model)
+    if tokenizer is None:
+        check_tokenizer_source(cfg.tokenizer or cfg.model)
     device = _device_for_precision()
     precision_args = trainer_precision_args(cfg.precision, device)
     base = _resolve_local(cfg.model)
@@ -332,9 +347,11 @@ def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_data
         seed=cfg.seed,
         dataset_num_proc=cfg.dataset_num_proc,
         report_to=[],
+        disable_tqdm=not bars,
         **precision_args,
     )
     trainer = SFTTrainer(
+        callbacks=[MetricsLog(out / "metrics.jsonl")],
         model=model,
         args=args,
         train_dataset=train_tok,
@@ -364,6 +381,9 @@ def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_data
     trainer.save_model(str(out))  # full model: save_pretrained + code files; LoRA: the adapter only
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(out))
+        from hf_nanochat.model_folder import match_permissions
+
+        match_permissions(out)  # safetensors writes 0600; the rest of the folder is 0644
         with open(out / "stage_config.yaml", "w", encoding="utf-8") as f:
             yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
         with open(out / "train_metrics.json", "w", encoding="utf-8") as f:
@@ -372,9 +392,38 @@ def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_data
     return metrics
 
 
+class MetricsLog(TrainerCallback):
+    """`output_dir/metrics.jsonl`: one JSON line per logging step, across resumed attempts (lines
+    after the checkpoint a run resumes from are dropped, those steps are redone), so the stage's
+    loss can be read over all its steps; TRL's `train_loss` covers only the last attempt's."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            rows = self.path.read_text().splitlines() if self.path.exists() else []
+            kept = [r for r in rows if r.strip() and json.loads(r)["step"] <= state.global_step]
+            self.path.write_text("".join(r + "\n" for r in kept))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs and "loss" in logs:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
 def _latest_checkpoint(folder: Path) -> Path | None:
+    """The newest complete Trainer checkpoint; damaged newer ones are named, and moved aside by
+    the main process (hf_nanochat.train.checkpoints)."""
+    from hf_nanochat.train.checkpoints import newest_complete, trl_checkpoint_problems
+    from hf_nanochat.train.run_lock import launcher_rank
+
     found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()] if folder.exists() else []
-    return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
+    found.sort(key=lambda p: int(p.name.split("-")[-1]))
+    main = launcher_rank() == 0
+    complete = newest_complete(found, trl_checkpoint_problems, warn=None if main else (lambda _: None), move_damaged=main)
+    return complete[-1] if complete else None
 
 
 
@@ -383,13 +432,17 @@ def _latest_checkpoint(folder: Path) -> Path | None:
 def main(argv: list[str] | None = None) -> int:
     """`train.py --config train_configs/sft.yaml [--key=value ...]` for `stage: mid|sft`; values
     are YAML scalars (`--max_steps=100`, `--packing=false`)."""
-    import argparse
     import sys
 
-    parser = argparse.ArgumentParser(description="chat stage (mid/sft) on TRL's SFTTrainer")
+    from hf_nanochat.errors import CliParser
+    from hf_nanochat.train.run_lock import run_lock
+
+    parser = CliParser(prog="train.py", description="chat stage (mid/sft) on TRL's SFTTrainer")
     parser.add_argument("--config", required=True, help="a train_configs/*.yaml with stage: mid or sft")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir/checkpoints")
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if not Path(args.config).is_file():
+        raise FileNotFoundError(f"train config {args.config} does not exist")
     with open(args.config, encoding="utf-8") as f:
         raw = yaml.safe_load(f) or {}
     for item in rest:
@@ -399,7 +452,9 @@ def main(argv: list[str] | None = None) -> int:
         raw[key.replace("-", "_")] = yaml.safe_load(value)
     if args.resume:
         raw["resume"] = True
-    metrics = run_sft_stage(SFTStageConfig.from_dict(raw))
+    cfg = SFTStageConfig.from_dict(raw)
+    with run_lock(cfg.output_dir):  # a second run on this folder fails here, naming the first
+        metrics = run_sft_stage(cfg)
     print(f"{metrics['stage']}: done, {metrics['global_step']} steps, train loss {metrics['train_loss']:.4f} -> {raw['output_dir']}")
     return 0
 __all__ = ["LoraSection", "NanochatSchedule", "SFTStageConfig", "build_stage_optimizer", "main", "run_sft_stage", "tokenize_conversations"]
