@@ -227,12 +227,13 @@ def test_convert_from_nanochat_command_round_trip(tmp_path):
     assert "AutoTokenizer" in json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())["auto_map"]
 
 
-def test_convert_from_nanochat_checks_tokenizer(tmp_path):
+def test_convert_from_nanochat_checks_tokenizer(tmp_path, capsys):
     enc = nanochat_encoding()
     write_checkpoint(random_model(enc.n_vocab + 1), tmp_path / "ckpt", step=1)
-    with pytest.raises(FileNotFoundError, match="--tokenizer-dir"):
-        cli_main(["convert", "from-nanochat", str(tmp_path / "ckpt"), str(tmp_path / "out")])
+    # User errors end in one line on stderr and exit status 2 (hf_nanochat.errors.run_main).
+    assert cli_main(["convert", "from-nanochat", str(tmp_path / "ckpt"), str(tmp_path / "out")]) == 2
+    assert "--tokenizer-dir" in capsys.readouterr().err.strip().splitlines()[-1]
     (tmp_path / "tok").mkdir()
     (tmp_path / "tok" / "tokenizer.pkl").write_bytes(pickle.dumps(enc))
-    with pytest.raises(ValueError, match="vocab_size is 410"):
-        cli_main(["convert", "from-nanochat", str(tmp_path / "ckpt"), str(tmp_path / "out"), "--tokenizer-dir", str(tmp_path / "tok")])
+    assert cli_main(["convert", "from-nanochat", str(tmp_path / "ckpt"), str(tmp_path / "out"), "--tokenizer-dir", str(tmp_path / "tok")]) == 2
+    assert "vocab_size is 410" in capsys.readouterr().err.strip().splitlines()[-1]
