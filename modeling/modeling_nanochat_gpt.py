@@ -113,6 +113,37 @@ def eager_attention_forward(
     return out, weights
 
 
+def local_window_attention(
+    module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, window: int, scaling: float
+) -> torch.Tensor:
+    """Causal sliding-window attention without a (T x T) mask, for SDPA/eager training passes
+    (no padding, no cache, no packing); returns (batch, seq, heads, head_dim) like the attention
+    interfaces. Hand-written because transformers' SDPA path builds a dense (T x T) mask for
+    sliding layers, which costs more than full causal attention on CPU.
+
+    Queries go in blocks of `window // 2`; each block attends the `window - 1` keys before it
+    and its own (key blocks are overlapping views made contiguous, batched into one SDPA call
+    with a small shared mask). Keys per query: 1.5 * window instead of seq / 2 on average.
+    """
+    b, h, t, d = query.shape
+    key, value = repeat_kv(key, module.num_key_value_groups), repeat_kv(value, module.num_key_value_groups)
+    left = window - 1
+    block = max(16, left // 2)
+    n = -(-t // block)
+    pad = n * block - t
+    # keys: `left` invisible slots in front; queries (and keys) padded at the end to whole blocks
+    q = F.pad(query, (0, 0, 0, pad)).view(b, h, n, block, d).transpose(1, 2).reshape(b * n, h, block, d)
+    k = F.pad(key, (0, 0, left, pad)).unfold(2, block + left, block).permute(0, 2, 1, 4, 3).reshape(b * n, h, block + left, d)
+    v = F.pad(value, (0, 0, left, pad)).unfold(2, block + left, block).permute(0, 2, 1, 4, 3).reshape(b * n, h, block + left, d)
+    qi = torch.arange(block, device=query.device)[:, None] + left  # query position within its key span
+    kj = torch.arange(block + left, device=query.device)[None]
+    visible = (kj <= qi) & (kj > qi - window)
+    real_key = torch.arange(n, device=query.device)[:, None, None] * block + kj[None] >= left  # not front padding
+    mask = (visible[None] & real_key)[:, None].repeat(b, 1, 1, 1)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling)
+    return out.view(b, n, h, block, d).transpose(2, 3).reshape(b, n * block, h, d)[:, :t]
+
+
 class NanoChatGPTAttention(nn.Module):
     def __init__(self, config: NanoChatGPTConfig, layer_idx: int):
         super().__init__()
@@ -170,6 +201,11 @@ class NanoChatGPTAttention(nn.Module):
             self.config._attn_implementation, eager_attention_forward
         )
         if self.sliding_window is not None:
+            if attention_mask is None and self.config._attn_implementation in ("sdpa", "eager"):
+                # the model passes no mask for a plain window (see NanoChatGPTModel.forward)
+                if q.shape[2] > self.sliding_window:
+                    out = local_window_attention(self, q, k, v, self.sliding_window, self.scaling)
+                    return self.c_proj(out.reshape(b, t, -1)), None
             kwargs["sliding_window"] = self.sliding_window  # read by the flash-attention kernels
         out, weights = attention(self, q, k, v, attention_mask, scaling=self.scaling, dropout=0.0, **kwargs)
         return self.c_proj(out.reshape(b, t, -1)), weights
@@ -326,6 +362,7 @@ class NanoChatGPTModel(NanoChatGPTPreTrainedModel):
         **kwargs,
     ) -> BaseModelOutputWithPast:
         cache = _cache_argument(cache, kwargs)
+        position_ids_given = position_ids is not None
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
         if output_hidden_states is None:
@@ -362,8 +399,11 @@ class NanoChatGPTModel(NanoChatGPTPreTrainedModel):
         masks = [mask] * len(self.h)
         layer_types = self.config.layer_types
         if layer_types is not None and "sliding_attention" in layer_types:
-            # One mask per kind of layer, as transformers' sliding-window models (Mistral, Gemma) build them.
-            sliding = create_sliding_window_causal_mask(**mask_kwargs)
+            # One mask per kind of layer, as transformers' sliding-window models (Mistral, Gemma)
+            # build them - except for a plain window under SDPA/eager, which attention computes
+            # blockwise instead of through transformers' dense (T x T) mask.
+            plain = self._plain_window(attention_mask, position_ids_given, cache if not fresh_cache else None, output_attentions)
+            sliding = None if plain else create_sliding_window_causal_mask(**mask_kwargs)
             masks = [sliding if kind == "sliding_attention" else mask for kind in layer_types]
         cos_sin = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, inputs_embeds.dtype)
 
@@ -398,6 +438,17 @@ class NanoChatGPTModel(NanoChatGPTPreTrainedModel):
             attentions=all_attn,
             **{CACHE_NAME: cache if use_cache else None},
         )
+
+    def _plain_window(self, attention_mask, position_ids_given: bool, cache: Cache | None, output_attentions: bool) -> bool:
+        """Whether sliding layers see nothing but the causal window: no padding, no cached
+        tokens, no packed documents (explicit position_ids), SDPA or eager without weights out."""
+        if self.config._attn_implementation not in ("sdpa", "eager") or output_attentions:
+            return False
+        if cache is not None and cache.get_seq_length() > 0:
+            return False
+        if position_ids_given:
+            return False
+        return attention_mask is None or (attention_mask.ndim == 2 and bool(torch.all(attention_mask)))
 
     def _smear(self, x: torch.Tensor, position_ids, attention_mask, cache: Cache | None) -> torch.Tensor:
         """nanochat 2026's smear (nanochat/gpt.py GPT.forward):

@@ -1,6 +1,7 @@
 """nanochat's 2026 architecture as configuration of our model: numbers against an independent
 reference (tests/nanochat_2026_reference.py), the cache, padding, packing, checkpointing, reload."""
 import math
+import sys
 
 import pytest
 import torch
@@ -260,3 +261,21 @@ def test_save_reload_in_a_process_without_hf_nanochat(tmp_path):
         """,
         cwd=str(tmp_path),
     )
+
+
+@pytest.mark.parametrize("length", [37, SEQ])
+def test_plain_windows_skip_the_dense_mask_and_match_it(monkeypatch, length):
+    """Training passes (no padding/cache/packing) under SDPA compute windows blockwise; the
+    result equals transformers' masked path, which explicit position_ids force."""
+    model = random_model(config_2026(num_key_value_heads=1))
+    modeling_file = sys.modules[type(model).__module__]
+    ids = torch.randint(0, 100, (2, length), generator=torch.Generator().manual_seed(11))
+
+    def no_dense_mask(**kwargs):
+        raise AssertionError("a plain window built transformers' (T x T) mask")
+
+    with torch.no_grad():
+        masked = model(ids, position_ids=torch.arange(length)[None]).logits
+        monkeypatch.setattr(modeling_file, "create_sliding_window_causal_mask", no_dense_mask)
+        blockwise = model(ids).logits
+    torch.testing.assert_close(blockwise, masked, atol=1e-5, rtol=1e-5)
