@@ -279,3 +279,15 @@ def test_plain_windows_skip_the_dense_mask_and_match_it(monkeypatch, length):
         monkeypatch.setattr(modeling_file, "create_sliding_window_causal_mask", no_dense_mask)
         blockwise = model(ids).logits
     torch.testing.assert_close(blockwise, masked, atol=1e-5, rtol=1e-5)
+
+
+def test_info_and_model_card_name_the_architecture(capsys):
+    from hf_nanochat.cli import main as cli_main
+    from hf_nanochat.share.hub import model_table
+
+    assert cli_main(["info", "--depth", "24", "--architecture", "2026"]) == 0
+    row = capsys.readouterr().out.strip().splitlines()[-1].split()
+    assert row[:7] == ["2026", "24", "1536", "12", "12", "128", "18x513"]
+    assert cli_main(["info", "--depth", "20"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].split()[:7] == ["2025-11", "20", "1280", "10", "10", "128", "full"]
+    assert "| 2026 | 4 | 256 |" in model_table(random_model(config_2026()))
