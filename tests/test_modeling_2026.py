@@ -291,3 +291,17 @@ def test_info_and_model_card_name_the_architecture(capsys):
     assert cli_main(["info", "--depth", "20"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1].split()[:7] == ["2025-11", "20", "1280", "10", "10", "128", "full"]
     assert "| 2026 | 4 | 256 |" in model_table(random_model(config_2026()))
+
+
+def test_report_card_reads_the_architecture_from_the_saved_config(tmp_path):
+    import json
+
+    from hf_nanochat.speedrun.report import base_section
+
+    model = random_model(config_2026())
+    model.save_pretrained(tmp_path / "base" / "model")
+    rows = [{"step": s, "tokens": 1000 * s, "loss": 5.0 - s, "tokens_per_s": 100.0} for s in (1, 2)]
+    (tmp_path / "base" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = base_section(tmp_path)
+    assert base["architecture"] == "2026"
+    assert base["params"] == sum(p.numel() for p in model.parameters())  # value embeddings included
