@@ -77,7 +77,7 @@ def plain_2026_loss(model: NanoChatGPTForCausalLM, ids: torch.Tensor, targets: t
     x = norm(x - t.backout_lambda * x_mid)
     logits = model.lm_head(x)[..., : c.vocab_size].float()
     logits = 15 * torch.tanh(logits / 15)
-    return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
 
 
 def randomised(model: NanoChatGPTForCausalLM, seed: int = 0) -> NanoChatGPTForCausalLM:
