@@ -13,6 +13,7 @@ MEASURE = textwrap.dedent(
     import sys, threading, time, torch
     from hf_nanochat import NanoChatGPTConfig, NanoChatGPTForCausalLM
     depth, vocab, B, T, ckpt, chunk = map(int, sys.argv[1:7])
+    arch = sys.argv[7] if len(sys.argv) > 7 else "2025-11"
     torch.set_num_threads(1)
     page = 4096
 
@@ -20,7 +21,7 @@ MEASURE = textwrap.dedent(
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * page
 
-    model = NanoChatGPTForCausalLM(NanoChatGPTConfig.from_depth(depth, vocab_size=vocab, max_position_embeddings=T)).train()
+    model = NanoChatGPTForCausalLM(NanoChatGPTConfig.from_depth(depth, vocab_size=vocab, max_position_embeddings=T, architecture=arch)).train()
     if ckpt:
         model.activation_checkpointing_enable()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -47,10 +48,10 @@ MEASURE = textwrap.dedent(
 )
 
 
-def measured_peak(depth, vocab, batch, seq, ckpt, chunk=0, env=None) -> int:
+def measured_peak(depth, vocab, batch, seq, ckpt, chunk=0, env=None, arch="2025-11") -> int:
     """Growth of resident memory over two training steps (weights exist before, so they are excluded)."""
     out = subprocess.run(
-        [sys.executable, "-c", MEASURE, *map(str, (depth, vocab, batch, seq, ckpt, chunk))],
+        [sys.executable, "-c", MEASURE, *map(str, (depth, vocab, batch, seq, ckpt, chunk, arch))],
         capture_output=True, text=True, check=True, env={"OMP_NUM_THREADS": "1", "PATH": "", **(env or {})},
     )
     return int(out.stdout.strip().splitlines()[-1])
@@ -67,6 +68,32 @@ def test_estimate_within_25_percent_of_measured_cpu_peak(depth, vocab, batch, se
     est = estimate_memory(config, batch, seq, optimizer="adamw", activation_checkpointing=bool(ckpt), on_gpu=False)
     predicted = est.total - est.weights
     assert abs(predicted - measured) / measured < 0.25, (predicted / 2**20, measured / 2**20)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("depth,batch,seq,ckpt", [(4, 4, 512, 0), (8, 4, 512, 0), (8, 4, 512, 1)])
+def test_2026_estimate_within_25_percent_of_measured_cpu_peak(depth, batch, seq, ckpt):
+    """nanochat 2026 at its own defaults (windows of seq/4 + 1, value embeddings, vocab 32768)."""
+    measured = measured_peak(depth, 32768, batch, seq, ckpt, arch="2026")
+    config = NanoChatGPTConfig.from_depth(depth, architecture="2026", max_position_embeddings=seq)
+    est = estimate_memory(config, batch, seq, optimizer="adamw", activation_checkpointing=bool(ckpt), on_gpu=False)
+    predicted = est.total - est.weights
+    assert abs(predicted - measured) / measured < 0.25, (predicted / 2**20, measured / 2**20)
+
+
+def test_2026_parameter_groups_match_the_model():
+    import torch
+
+    from hf_nanochat import NanoChatGPTForCausalLM
+    from hf_nanochat.train.memory import parameter_groups
+
+    config = NanoChatGPTConfig.from_depth(6, architecture="2026", vocab_size=1000)
+    with torch.device("meta"):
+        model = NanoChatGPTForCausalLM(config)
+    total, matrices, _ = parameter_groups(config)
+    assert total == sum(p.numel() for p in model.parameters())
+    assert matrices == sum(p.numel() for p in model.transformer.h.parameters()) + config.smear_gate_channels
+    assert estimate_memory(config, 4, 2048, dtype="bf16").logits == int(3.5 * 4 * 1024 * 4 * 2048)  # padded rows
 
 
 @pytest.mark.slow

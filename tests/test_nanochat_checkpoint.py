@@ -1,6 +1,7 @@
 """Importing karpathy/nanochat checkpoints: weights, meta json, the pickled tiktoken tokenizer."""
 import json
 import pickle
+from dataclasses import replace
 
 import pytest
 import rustbpe
@@ -13,12 +14,14 @@ from hf_nanochat import NanoChatGPTConfig, NanoChatGPTForCausalLM
 from hf_nanochat.cli import main as cli_main
 from hf_nanochat.share.nanochat_checkpoint import (
     UnsupportedCheckpointError,
+    detect_era,
     load_checkpoint,
     load_tiktoken_pickle,
     model_from_checkpoint,
     tiktoken_to_tokenizers,
 )
 from hf_nanochat.data.tokenizer import SPECIAL_TOKENS, SPLIT_PATTERN, train_tokenizer
+from nanochat_2026_reference import era_constants, random_nanochat_state, reference_logits, window_lefts
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog. " * 3,
@@ -178,21 +181,100 @@ def test_padded_vocab_rows_are_dropped(tmp_path):
     assert torch.equal(imported.lm_head.weight, model.lm_head.weight)
 
 
-def test_newer_architecture_names_the_missing_features(tmp_path):
+def test_window_pattern_without_2026_weights_is_refused():
     model = random_model(512)
-    extra = {"value_embeds.1.weight": torch.zeros(512, 32), "resid_lambdas": torch.ones(2), "x0_lambdas": torch.zeros(2),
-             "transformer.h.1.attn.ve_gate.weight": torch.zeros(2, 32)}
-    write_checkpoint(model, tmp_path, step=10, extra_weights=extra, window_pattern="SSSL")
-    with pytest.raises(UnsupportedCheckpointError) as err:
-        model_from_checkpoint(*load_checkpoint(tmp_path)[:2])
-    message = str(err.value)
-    for feature in ("sliding-window attention", "value embeddings", "per-layer residual scalars", "value-embedding gates"):
-        assert feature in message
-    # all-long windows are plain causal attention: accepted
+    with pytest.raises(UnsupportedCheckpointError, match="window_pattern='SSSL'"):
+        model_from_checkpoint(model.state_dict(), nanochat_meta(model.config, 1, window_pattern="SSSL"))
+    # all-long windows are plain causal attention: accepted as the Nov 2025 model
     meta = nanochat_meta(model.config, 1, window_pattern="L")
-    assert model_from_checkpoint(model.state_dict(), meta).config.num_hidden_layers == 2
+    assert model_from_checkpoint(model.state_dict(), meta).config.nanochat_architecture == "2025-11"
     with pytest.raises(UnsupportedCheckpointError, match="unrecognised \\['transformer.h.0.attn.mystery.weight'\\]"):
         model_from_checkpoint({**model.state_dict(), "transformer.h.0.attn.mystery.weight": torch.zeros(1)}, meta)
+
+
+# nanochat 2026 shapes at toy size: head dim 128 as nanochat, vocab 409 padded to 448, T=256
+ERA_SHAPES = dict(n_layer=4, n_head=2, n_kv_head=1, n_embd=256)
+ERA_SEQ = 256
+
+
+def write_era_checkpoint(folder, era: str, vocab_size: int, step: int = 5, seed: int = 0) -> dict:
+    padded = -(-vocab_size // 64) * 64
+    state = random_nanochat_state(**ERA_SHAPES, padded_vocab=padded, era=era, seed=seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"_orig_mod." + k: v for k, v in state.items()}, folder / f"model_{step:06d}.pt")
+    meta = {"step": step, "model_config": {"sequence_len": ERA_SEQ, "vocab_size": vocab_size, "window_pattern": "SSSL",
+                                           **ERA_SHAPES}}
+    (folder / f"meta_{step:06d}.json").write_text(json.dumps(meta))
+    return state
+
+
+def era_reference(state, era: str, vocab_size: int, ids):
+    constants = era_constants(era, ERA_SEQ)
+    lefts = window_lefts("SSSL", ERA_SHAPES["n_layer"], ERA_SEQ, constants.short_window)
+    return reference_logits(state, ERA_SHAPES["n_layer"], ERA_SHAPES["n_head"], ERA_SHAPES["n_kv_head"], vocab_size,
+                            lefts, constants, ids)
+
+
+ERA_NAMES = {"january": "2026-01", "march9": "2026-03-09", "march14": "2026-03-14"}
+
+
+@pytest.mark.parametrize("era", ERA_NAMES)
+def test_every_2026_era_converts_to_the_reference_logits(tmp_path, era):
+    state = write_era_checkpoint(tmp_path, era, vocab_size=409)
+    assert state["transformer.wte.weight"].dtype == torch.bfloat16 and state["lm_head.weight"].shape[0] == 448
+    sd, meta, _ = load_checkpoint(tmp_path)
+    assert detect_era(sd) == ERA_NAMES[era]
+    model = model_from_checkpoint(sd, meta)
+    c = model.config
+    assert c.nanochat_architecture == "2026" and c.padded_vocab_size == 409  # padding stripped
+    assert model.transformer.value_embeds["1"].weight.shape == (409, 128)
+    ids = torch.randint(0, 409, (2, 200), generator=torch.Generator().manual_seed(0))  # longer than every window
+    with torch.no_grad():
+        ours = model(ids).logits
+    torch.testing.assert_close(ours, era_reference(state, era, 409, ids), atol=1e-5, rtol=1e-5)
+    # each unstored constant matters at these weights, so getting one wrong would fail above
+    constants = era_constants(era, ERA_SEQ)
+    lefts = window_lefts("SSSL", 4, ERA_SEQ, constants.short_window)
+    for change in (dict(rope_base=constants.rope_base * 10), dict(qk_scale=constants.qk_scale + 0.05),
+                   dict(ve_gate_scale=constants.ve_gate_scale + 1)):
+        wrong = reference_logits(state, 4, 2, 1, 409, lefts, replace(constants, **change), ids)
+        assert (wrong - ours).abs().max() > 1e-3, change
+    wrong_window = reference_logits(state, 4, 2, 1, 409, window_lefts("SSSL", 4, ERA_SEQ, 64), constants, ids)
+    assert (wrong_window - ours).abs().max() > 1e-3
+
+
+def test_convert_from_nanochat_command_for_a_2026_checkpoint(tmp_path, capsys):
+    enc = nanochat_encoding()
+    state = write_era_checkpoint(tmp_path / "ckpt", "march14", vocab_size=enc.n_vocab)
+    (tmp_path / "ckpt" / "tokenizer.pkl").write_bytes(pickle.dumps(enc))
+    assert cli_main(["convert", "from-nanochat", str(tmp_path / "ckpt"), str(tmp_path / "out")]) == 0
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    ids = torch.randint(0, enc.n_vocab, (1, 160), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, era_reference(state, "march14", enc.n_vocab, ids), atol=1e-5, rtol=1e-5)
+    assert json.loads((tmp_path / "out" / "nanochat_meta.json").read_text())["nanochat_era"] == "2026-03-14"
+    assert AutoTokenizer.from_pretrained(tmp_path / "out")("zzzz qqqq")["input_ids"] == enc.encode_ordinary("zzzz qqqq")
+    # transformers' built-in type cannot hold it: refused before anything is written
+    assert cli_main(["convert", "to-transformers", str(tmp_path / "out"), str(tmp_path / "builtin")]) == 2
+    assert "built-in `nanochat` type cannot hold it" in capsys.readouterr().err
+    assert not (tmp_path / "builtin").exists()
+
+
+def test_2026_checkpoint_with_an_unknown_or_missing_key_names_it(tmp_path):
+    state = random_nanochat_state(**ERA_SHAPES, padded_vocab=448, era="march14")
+    meta = {"model_config": {"sequence_len": ERA_SEQ, "vocab_size": 409, "window_pattern": "SSSL", **ERA_SHAPES}}
+    with pytest.raises(UnsupportedCheckpointError, match="transformer.h.2.attn.mystery"):
+        model_from_checkpoint({**state, "transformer.h.2.attn.mystery": torch.zeros(3)}, meta)
+    gateless = {k: v for k, v in state.items() if k != "transformer.h.3.attn.ve_gate.weight"}
+    with pytest.raises(UnsupportedCheckpointError, match="missing \\['transformer.h.3.attn.ve_gate.weight'\\]"):
+        model_from_checkpoint(gateless, meta)
+    with pytest.raises(UnsupportedCheckpointError, match="x0_lambdas"):
+        model_from_checkpoint({**state, "x0_lambdas": torch.zeros(5)}, meta)
+    odd = {**state, "transformer.h.1.attn.ve_gate.weight": torch.zeros(1, 20), "transformer.h.3.attn.ve_gate.weight": torch.zeros(1, 20)}
+    with pytest.raises(UnsupportedCheckpointError, match="no nanochat era"):
+        model_from_checkpoint(odd, meta)
+    with pytest.raises(UnsupportedCheckpointError, match="no window_pattern"):
+        model_from_checkpoint(state, {"model_config": {"sequence_len": ERA_SEQ, "vocab_size": 409, **ERA_SHAPES}})
 
 
 def test_convert_from_nanochat_command_round_trip(tmp_path):

@@ -85,8 +85,20 @@ def rename_state_dict(state_dict: dict[str, torch.Tensor], to: str) -> dict[str,
     return renamed
 
 
+def require_builtin_expressible(config: NanoChatGPTConfig) -> None:
+    """transformers' `nanochat` type is the Nov 2025 model only: refuse anything else, since
+    its loaders would drop the 2026 weights without a word and give a different model."""
+    if config.nanochat_architecture != "2025-11":
+        raise ValueError(
+            f"this is a nanochat {config.nanochat_architecture} model (value embeddings, sliding windows, smear, "
+            "backout, residual scalars, q/k scale or a padded vocab): transformers' built-in `nanochat` type "
+            "cannot hold it. Keep this folder's own format (it loads with trust_remote_code=True)."
+        )
+
+
 def to_transformers_config(config: NanoChatGPTConfig) -> NanoChatConfig:
     """Our config as transformers' built-in NanoChatConfig (same shapes and numerics)."""
+    require_builtin_expressible(config)
     return NanoChatConfig(
         vocab_size=config.vocab_size,
         hidden_size=config.hidden_size,
@@ -202,6 +214,8 @@ def convert_folder(src: str | Path, out: str | Path, direction: str) -> Path:
     found = _model_type(src)
     if found != expected:
         raise ValueError(f"{src} holds a {found!r} model; {direction} expects model_type {expected!r}")
+    if direction == "to-transformers":
+        require_builtin_expressible(NanoChatGPTConfig.from_pretrained(src))  # before loading or writing anything
     model = source.from_pretrained(src, dtype="auto")
     converted = convert(model)
     out.mkdir(parents=True, exist_ok=True)

@@ -115,9 +115,9 @@ def model_table(model) -> str:
     params = sum(p.numel() for p in model.parameters())
     return "\n".join(
         [
-            "| depth | width | heads | kv heads | head dim | vocab | context | parameters | weights |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-            f"| {c.num_hidden_layers} | {c.hidden_size} | {c.num_attention_heads} | {c.num_key_value_heads} | "
+            "| nanochat architecture | depth | width | heads | kv heads | head dim | vocab | context | parameters | weights |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+            f"| {c.nanochat_architecture} | {c.num_hidden_layers} | {c.hidden_size} | {c.num_attention_heads} | {c.num_key_value_heads} | "
             f"{c.head_dim} | {c.vocab_size:,} | {c.max_position_embeddings:,} | {params:,} | {str(model.dtype).removeprefix('torch.')} |",
         ]
     )

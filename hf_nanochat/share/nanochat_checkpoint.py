@@ -3,8 +3,21 @@
 nanochat saves `model_<step>.pt` (a torch state dict, keys possibly prefixed `_orig_mod.` by
 torch.compile, the embedding in bf16), `meta_<step>.json` (its `model_config` is GPTConfig's
 kwargs) and, in a separate folder, `tokenizer.pkl` (a pickled `tiktoken.Encoding`). Our module
-names are nanochat's, so weights load by name; the tokenizer becomes a `tokenizer.json` with the
-same id for every token.
+names are nanochat's, so weights load by name (nanochat 2026's model-level weights move under
+`transformer.`); the tokenizer becomes a `tokenizer.json` with the same id for every token.
+
+Every nanochat era converts. Constants a checkpoint does not store (rope base, q/k scale, short
+window, value-embedding gate width and scale) changed during 2026 and are read off which keys
+and shapes exist (/work/shared/NANOCHAT_2026.md, "Checkpoints"):
+
+    era         tell-tale                            gate          q/k   rope  short window
+    2025-11     no 2026 keys                         -             1     10K   -
+    2026-01     ve_gate (kv, 32)                     2*sigmoid/32  1     10K   T/2
+    2026-03-09  ve_gate (kv, 12), no smear_gate      3*sigmoid/12  1.15  100K  ceil(T/3/128)*128
+    2026-03-14  ve_gate (kv, 12) + smear_gate        3*sigmoid/12  1.2   100K  ceil(T/4/128)*128
+
+The logit softcap is 15 in every era we reproduce. A key the era does not explain is an error
+naming it: nothing is ever dropped.
 
 Safety: weights load with `torch.load(weights_only=True)`; the pickle is read by an unpickler
 that admits one global, tiktoken's Encoding, and builds it from validated plain data - no
@@ -13,27 +26,46 @@ code from the file runs.
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from hf_nanochat.errors import UserError
-from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
+from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig, window_pattern_layer_types
 from hf_nanochat.modeling.modeling_nanochat_gpt import NanoChatGPTForCausalLM
 
-# GPTConfig fields of the nanochat version our model reproduces (Nov 2025).
-KNOWN_CONFIG_KEYS = {"sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd"}
+# GPTConfig fields of every nanochat version we read (window_pattern arrived in January 2026).
+KNOWN_CONFIG_KEYS = {"sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd", "window_pattern"}
 
-# Weights of later nanochat versions, by the feature they implement (regex on the key).
-UNSUPPORTED_WEIGHTS = [
-    (r"^value_embeds\.", "value embeddings (value_embeds)"),
-    (r"\.attn\.ve_gate\.", "value-embedding gates (attn.ve_gate)"),
-    (r"^(resid_lambdas|x0_lambdas)$", "per-layer residual scalars (resid_lambdas / x0_lambdas)"),
-    (r"^smear_", "token smearing (smear_gate / smear_lambda)"),
-    (r"^backout_lambda$", "mid-layer backout (backout_lambda)"),
-]
+# nanochat 2026's weights that sit on the GPT itself; ours live on the backbone (`transformer.`).
+MODEL_LEVEL_KEYS = re.compile(r"^(value_embeds\.\d+\.weight|resid_lambdas|x0_lambdas|smear_gate\.weight|smear_lambda|backout_lambda)$")
+_VE_GATE = re.compile(r"^transformer\.h\.(\d+)\.attn\.ve_gate\.weight$")
+_VALUE_EMBED = re.compile(r"^value_embeds\.(\d+)\.weight$")
+
+
+@dataclass(frozen=True)
+class Era:
+    """The constants of one nanochat era that checkpoints do not store."""
+
+    name: str
+    rope_theta: float
+    qk_scale: float
+    gate_channels: int | None
+    gate_scale: float | None
+    short_window: Callable[[int], int] | None  # sequence_len -> keys before the query on "S" layers
+
+
+ERAS = {
+    "2025-11": Era("2025-11 (commit 06677c3)", 10000.0, 1.0, None, None, None),
+    "2026-01": Era("2026-01 (value embeddings, 32-channel gate)", 10000.0, 1.0, 32, 2.0, lambda t: t // 2),
+    "2026-03-09": Era("2026-03-09 (12-channel gate, no smear)", 100000.0, 1.15, 12, 3.0, lambda t: math.ceil(t / 3 / 128) * 128),
+    "2026-03-14": Era("2026-03-14+ (smear)", 100000.0, 1.2, 12, 3.0, lambda t: math.ceil(t / 4 / 128) * 128),
+}
 
 _STEP_FILE = re.compile(r"^model_(\d+)\.pt$")
 
@@ -82,42 +114,80 @@ def load_checkpoint(checkpoint_dir: str | Path, step: int | None = None) -> tupl
     return state, meta, step
 
 
+def detect_era(state_dict: dict[str, torch.Tensor]) -> str:
+    """The nanochat era of a state dict (nanochat's key names), from which keys and shapes exist."""
+    gates = {k: v for k, v in state_dict.items() if _VE_GATE.match(k)}
+    if not gates:
+        return "2025-11"
+    widths = {tuple(v.shape)[1:] for v in gates.values()}
+    if len(widths) != 1 or widths.pop()[0] not in (32, 12):
+        shapes = {k: tuple(v.shape) for k, v in gates.items()}
+        raise UnsupportedCheckpointError(f"value-embedding gates of a shape no nanochat era has: {shapes}")
+    width = next(iter(gates.values())).shape[1]
+    if width == 32:
+        return "2026-01"
+    return "2026-03-14" if "smear_gate.weight" in state_dict else "2026-03-09"
+
+
 def config_from_meta(meta: dict, state_dict: dict[str, torch.Tensor]) -> NanoChatGPTConfig:
-    """Our config from nanochat's meta json; names any feature we cannot represent."""
+    """Our config from nanochat's meta json and the state dict's keys (any era)."""
     if "model_config" not in meta:
         raise ValueError("meta json has no 'model_config': not a nanochat checkpoint")
     mc = dict(meta["model_config"])
-    missing = []
-    window = mc.pop("window_pattern", None)
-    if window is not None and set(str(window).upper()) != {"L"}:
-        missing.append(f"sliding-window attention (window_pattern={window!r})")
     unknown_keys = sorted(set(mc) - KNOWN_CONFIG_KEYS)
     if unknown_keys:
-        missing.append(f"model_config fields {unknown_keys}")
-    for pattern, feature in UNSUPPORTED_WEIGHTS:
-        if any(re.search(pattern, k) for k in state_dict) and feature not in missing:
-            missing.append(feature)
-    if missing:
-        raise UnsupportedCheckpointError(
-            "this checkpoint is from a newer nanochat architecture; hf-nanochat does not implement: "
-            + "; ".join(missing)
-        )
-    return NanoChatGPTConfig(
+        raise UnsupportedCheckpointError(f"meta json's model_config has fields no nanochat era we know has: {unknown_keys}")
+    n_layer, seq_len = mc["n_layer"], mc["sequence_len"]
+    era_name = detect_era(state_dict)
+    era = ERAS[era_name]
+    shapes = dict(
         vocab_size=mc["vocab_size"],
         hidden_size=mc["n_embd"],
-        num_hidden_layers=mc["n_layer"],
+        num_hidden_layers=n_layer,
         num_attention_heads=mc["n_head"],
         num_key_value_heads=mc.get("n_kv_head", mc["n_head"]),
-        max_position_embeddings=mc["sequence_len"],
+        max_position_embeddings=seq_len,
+        rope_theta=era.rope_theta,
+    )
+    window = mc.get("window_pattern")
+    if era_name == "2025-11":
+        if window is not None and set(str(window).upper()) != {"L"}:
+            raise UnsupportedCheckpointError(
+                f"window_pattern={window!r} without value-embedding gates matches no nanochat era we know"
+            )
+        return NanoChatGPTConfig(**shapes)
+    if window is None:
+        raise UnsupportedCheckpointError(f"a {era.name} checkpoint whose meta json has no window_pattern")
+    layer_types = window_pattern_layer_types(str(window), n_layer)
+    sliding = "sliding_attention" in layer_types
+    ve_layers = sorted(int(m.group(1)) for k in state_dict if (m := _VALUE_EMBED.match(k)))
+    return NanoChatGPTConfig(
+        **shapes,
+        layer_types=layer_types,
+        # transformers' window counts the query itself: nanochat's `left` + 1
+        sliding_window=era.short_window(seq_len) + 1 if sliding else None,
+        value_embedding_layers=ve_layers,
+        value_embedding_gate_channels=era.gate_channels,
+        value_embedding_gate_scale=era.gate_scale,
+        smear_gate_channels=state_dict["smear_gate.weight"].shape[1] if "smear_gate.weight" in state_dict else None,
+        backout_layer=n_layer // 2 if "backout_lambda" in state_dict else None,
+        residual_scalars="resid_lambdas" in state_dict,
+        qk_scale=era.qk_scale,
     )
 
 
+def to_our_names(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """nanochat's key names -> ours: 2026's model-level weights move under `transformer.`."""
+    return {("transformer." + k if MODEL_LEVEL_KEYS.match(k) else k): v for k, v in state_dict.items()}
+
+
 def _unpad_vocab(state_dict: dict[str, torch.Tensor], vocab_size: int) -> dict[str, torch.Tensor]:
-    # Later nanochat pads embedding/lm_head rows to a multiple of 64 and slices logits back to
-    # vocab_size; the padding rows are never read, so dropping them loses nothing.
-    for key in ("transformer.wte.weight", "lm_head.weight"):
-        if key in state_dict and state_dict[key].shape[0] > vocab_size:
-            state_dict[key] = state_dict[key][:vocab_size]
+    # Later nanochat pads embedding, value-embedding and lm_head rows to a multiple of 64 and
+    # slices logits back to vocab_size; the padding rows are never read, so dropping them loses nothing.
+    for key in list(state_dict):
+        if key in ("transformer.wte.weight", "lm_head.weight") or key.startswith("transformer.value_embeds."):
+            if state_dict[key].shape[0] > vocab_size:
+                state_dict[key] = state_dict[key][:vocab_size]
     return state_dict
 
 
@@ -132,16 +202,21 @@ def _target_dtype(state_dict: dict[str, torch.Tensor], dtype: str) -> torch.dtyp
 
 def model_from_checkpoint(state_dict: dict, meta: dict, dtype: str = "auto") -> NanoChatGPTForCausalLM:
     config = config_from_meta(meta, state_dict)
-    state_dict = _unpad_vocab(dict(state_dict), config.vocab_size)
+    era = ERAS[detect_era(state_dict)]
+    state_dict = _unpad_vocab(to_our_names(state_dict), config.vocab_size)
     target = _target_dtype(state_dict, dtype)
     with torch.device("meta"):
         model = NanoChatGPTForCausalLM(config)
-    expected = set(model.state_dict())
-    extra, absent = sorted(set(state_dict) - expected), sorted(expected - set(state_dict))
+    expected = model.state_dict()
+    extra, absent = sorted(set(state_dict) - set(expected)), sorted(set(expected) - set(state_dict))
     if extra or absent:
         raise UnsupportedCheckpointError(
-            f"checkpoint weights do not match nanochat's GPT: unrecognised {extra[:8]}, missing {absent[:8]}"
+            f"checkpoint weights do not match nanochat's GPT of era {era.name} (told by its keys): "
+            f"unrecognised {extra[:8]}, missing {absent[:8]}"
         )
+    wrong = [f"{k} {tuple(v.shape)} (expected {tuple(expected[k].shape)})" for k, v in state_dict.items() if v.shape != expected[k].shape]
+    if wrong:
+        raise UnsupportedCheckpointError("checkpoint weights of unexpected shapes: " + "; ".join(wrong[:8]))
     # assign=True swaps the meta tensors for the loaded ones (no second copy, no random init).
     model.load_state_dict({k: v.to(target) for k, v in state_dict.items()}, strict=True, assign=True)
     model.config.dtype = target
@@ -267,5 +342,6 @@ def convert_nanochat_checkpoint(
     from hf_nanochat.model_folder import match_permissions
 
     match_permissions(out)  # safetensors writes 0600; the rest is 0644
-    (out / "nanochat_meta.json").write_text(json.dumps({**meta, "converted_from_step": step}, indent=2))
+    record = {**meta, "converted_from_step": step, "nanochat_era": detect_era(state_dict)}
+    (out / "nanochat_meta.json").write_text(json.dumps(record, indent=2))
     return out

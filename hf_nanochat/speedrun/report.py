@@ -78,9 +78,15 @@ def base_section(out: Path) -> dict | None:
     config = _read_json(out / "base" / "model" / "config.json")
     if not metrics or config is None:
         return None
-    from hf_nanochat.info import model_shape
+    import torch
 
-    shape = model_shape(config["num_hidden_layers"], config["vocab_size"], config["max_position_embeddings"])
+    from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
+    from hf_nanochat.modeling.modeling_nanochat_gpt import NanoChatGPTForCausalLM
+
+    # the saved config itself (not a depth's default shape): either architecture, any overrides
+    model_config = NanoChatGPTConfig.from_dict(config)
+    with torch.device("meta"):
+        shape = {"params": sum(p.numel() for p in NanoChatGPTForCausalLM(model_config).parameters())}
     bpbs = [m["val_bpb"] for m in metrics if m.get("val_bpb") is not None]
     tps = [m["tokens_per_s"] for m in metrics[1:]] or [metrics[-1]["tokens_per_s"]]  # step 1 includes warm-up
     mfus = [m["mfu"] for m in metrics[1:] if m.get("mfu") is not None]
@@ -89,6 +95,7 @@ def base_section(out: Path) -> dict | None:
     samples = _read_jsonl(out / "base" / "samples.jsonl")
     last_step = max((s["step"] for s in samples), default=None)
     return {
+        "architecture": model_config.nanochat_architecture,
         "depth": config["num_hidden_layers"], "width": config["hidden_size"], "heads": config["num_attention_heads"],
         "vocab_size": config["vocab_size"], "seq_len": config["max_position_embeddings"], "params": shape["params"],
         "steps": metrics[-1]["step"], "tokens": metrics[-1]["tokens"], "tokens_per_param": metrics[-1]["tokens"] / shape["params"],
@@ -255,6 +262,7 @@ def render_markdown(report: dict) -> str:
     base = report.get("base")
     if base:
         lines += ["## Base model", "",
+                  f"- architecture: nanochat {base.get('architecture', '2025-11')}",
                   f"- shape: depth {base['depth']}, width {base['width']}, {base['heads']} head{'s' if base['heads'] != 1 else ''}, vocab {base['vocab_size']:,}, context {base['seq_len']}",
                   f"- parameters: {base['params']:,}",
                   f"- trained: {base['steps']:,} steps, {base['tokens']:,} tokens ({base['tokens_per_param']:.2f} tokens/param)",

@@ -17,6 +17,12 @@ step (end of forward / start of backward):
 - logits: fp32, about 3.5 vocabulary-sized buffers per token (soft-cap tanh, the capped logits,
   log-softmax, and the gradient being formed); with `loss_chunk_tokens` only one chunk's worth.
 
+nanochat 2026 models (config.nanochat_architecture == "2026") add value embeddings (AdamW, like
+the embedding; lookups, so no autocast copy), the gates (Muon), a padded vocab, about 2 more
+saved widths per layer (the x0 mix, scaled q/k, gated value embeddings) and, on sliding layers,
+the blockwise window attention's overlapping key/value blocks (4 kv widths more), measured
+with the same saved-tensor hooks.
+
 Linear outputs are stored in the compute dtype (2 bytes under bf16/fp16 autocast, 4 in fp32).
 Checked against measured peaks on CPU (tests/test_memory.py, within 25%) and, when a GPU is
 lent, on GPU (benchmarks/RESULTS.md).
@@ -29,6 +35,8 @@ from dataclasses import asdict, dataclass
 from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
 
 ACTIVATION_WIDTHS_PER_LAYER = 23  # saved for backward, in units of hidden_size per token
+ACTIVATION_WIDTHS_2026 = 2  # more per layer in a nanochat 2026 model
+BLOCKWISE_WINDOW_KV_WIDTHS = 4  # more per sliding layer, in units of the kv width (3x keys and values)
 BACKWARD_TRANSIENT_LAYERS = 2  # gradient buffers alive while backward walks the blocks
 LOGIT_BUFFERS = 3.5
 CUDA_RESERVE_BYTES = 1 << 30  # CUDA context, allocator fragmentation and workspace, on GPUs only
@@ -53,13 +61,42 @@ class MemoryEstimate:
 
 
 def parameter_groups(config: NanoChatGPTConfig) -> tuple[int, int, int]:
-    """(all params, block-matrix params, embedding + lm_head params), computed from shapes."""
-    c, v = config.hidden_size, config.vocab_size
+    """(all params, block-matrix params, embedding + lm_head params), computed from shapes.
+    nanochat 2026: gates count as matrices (Muon), value embeddings and scalars with the
+    embeddings (AdamW)."""
+    c, v = config.hidden_size, config.padded_vocab_size
     kv = config.num_key_value_heads * config.head_dim
     per_layer = c * c * 2 + 2 * c * kv + 2 * c * config.intermediate_size
     matrices = config.num_hidden_layers * per_layer
     embed_head = 2 * v * c
+    ve_layers = len(config.value_embedding_layers or ())
+    matrices += ve_layers * config.num_key_value_heads * config.value_embedding_gate_channels
+    matrices += config.smear_gate_channels or 0
+    embed_head += ve_layers * v * kv + _scalar_params(config)
     return matrices + embed_head, matrices, embed_head
+
+
+def _scalar_params(config: NanoChatGPTConfig) -> int:
+    return (2 * config.num_hidden_layers if config.residual_scalars else 0) + (
+        config.smear_gate_channels is not None
+    ) + (config.backout_layer is not None)
+
+
+def lookup_params(config: NanoChatGPTConfig) -> int:
+    """Parameters read by index, not by matmul (no autocast copy): embedding + value embeddings."""
+    kv = config.num_key_value_heads * config.head_dim
+    return config.padded_vocab_size * (config.hidden_size + len(config.value_embedding_layers or ()) * kv)
+
+
+def activation_widths_per_layer(config: NanoChatGPTConfig) -> float:
+    """Saved-for-backward hidden widths per token, averaged over layers."""
+    widths = ACTIVATION_WIDTHS_PER_LAYER
+    if config.nanochat_architecture == "2026":
+        widths += ACTIVATION_WIDTHS_2026
+        sliding = (config.layer_types or []).count("sliding_attention")
+        kv_fraction = config.num_key_value_heads * config.head_dim / config.hidden_size
+        widths += BLOCKWISE_WINDOW_KV_WIDTHS * kv_fraction * sliding / config.num_hidden_layers
+    return widths
 
 
 def estimate_memory(
@@ -90,9 +127,9 @@ def estimate_memory(
 
     weights = 4 * total // shard
     if low and fsdp:
-        weights += 2 * (2 * layer_params) + 2 * config.vocab_size * config.hidden_size  # layers in flight + head
+        weights += 2 * (2 * layer_params) + 2 * config.padded_vocab_size * config.hidden_size  # layers in flight + head
     elif low:
-        weights += 2 * (total - config.vocab_size * config.hidden_size)  # autocast's cached copies (wte is a lookup)
+        weights += 2 * (total - lookup_params(config))  # autocast's cached copies (embeddings are lookups)
     gradients = 4 * total // shard
     if world_size > 1 and not fsdp:
         gradients += 4 * total  # DDP gradient buckets
@@ -104,13 +141,13 @@ def estimate_memory(
         opt = 8 * total // shard
 
     tokens = device_batch_size * seq_len
-    per_layer = ACTIVATION_WIDTHS_PER_LAYER * config.hidden_size * act_bytes * tokens
+    per_layer = activation_widths_per_layer(config) * config.hidden_size * act_bytes * tokens
     kept_layers = 1 if activation_checkpointing else config.num_hidden_layers
     activations = (kept_layers + BACKWARD_TRANSIENT_LAYERS) * per_layer
     if activation_checkpointing:
         activations += config.num_hidden_layers * config.hidden_size * act_bytes * tokens  # block inputs
     logit_tokens = min(tokens, loss_chunk_tokens) if loss_chunk_tokens > 0 else tokens
-    logits = int(LOGIT_BUFFERS * 4 * config.vocab_size * logit_tokens)
+    logits = int(LOGIT_BUFFERS * 4 * config.padded_vocab_size * logit_tokens)
     return MemoryEstimate(
         weights=int(weights),
         gradients=int(gradients),
