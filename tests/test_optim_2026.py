@@ -4,6 +4,9 @@ groups against nanochat/gpt.py `setup_optimizer`, the fp16 path, and DDP equal t
 import math
 import os
 import socket
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -353,3 +356,55 @@ def test_ddp_work_split_equals_single_process(tmp_path):
     for r in ranks:
         for a, b in zip(r["params"] + r["state"], single["params"] + single["state"]):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+# FSDP2 holds every matrix as a row-sharded DTensor (Shard(0)); uneven shards on 2 ranks, per-row
+# (m >= n) and per-column second moments, compared with the same steps on plain tensors.
+FSDP_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, torch, torch.distributed as dist
+    from torch import nn
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+    from hf_nanochat.train.optim_2026 import MuonAdamW2026
+    dist.init_process_group("gloo")
+    mesh = init_device_mesh("cpu", (2,))
+    torch.manual_seed(0)
+    shapes = [(7, 5), (5, 9), (64, 16), (16, 64), (9, 9)]
+    full = [torch.randn(s) for s in shapes]
+    grads = [[torch.randn(s) for s in shapes] for _ in range(3)]
+    group = lambda ps: [dict(params=ps, kind="muon", lr=0.05, momentum=0.9, ns_steps=5, beta2=0.9, weight_decay=0.2, ns_dtype="float32")]
+    plain = [nn.Parameter(m.clone()) for m in full]
+    sharded = [nn.Parameter(distribute_tensor(m.clone(), mesh, [Shard(0)])) for m in full]
+    a, b = MuonAdamW2026(group(plain)), MuonAdamW2026(group(sharded))
+    for gs in grads:
+        for p, q, g in zip(plain, sharded, gs):
+            p.grad = g.clone()
+            q.grad = distribute_tensor(g.clone(), mesh, [Shard(0)])
+        a.step(); b.step()
+    worst = max((q.full_tensor() - p).abs().max().item() for p, q in zip(plain, sharded))
+    worst_v = max((b.state[q]["second_momentum_buffer"].full_tensor() - a.state[p]["second_momentum_buffer"]).abs().max().item() for p, q in zip(plain, sharded))
+    if dist.get_rank() == 0:
+        print("MAXDIFF", worst, worst_v, flush=True)
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    os._exit(0)
+    """
+)
+
+
+@pytest.mark.slow
+def test_fsdp2_sharded_step_equals_unsharded(tmp_path):
+    script = tmp_path / "muon2026_sharded.py"
+    script.write_text(FSDP_SCRIPT)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), str(script)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("MAXDIFF")]
+    assert lines, done.stderr[-3000:]
+    params_diff, moments_diff = map(float, lines[0].split()[1:])
+    assert params_diff <= 1e-6 and moments_diff <= 1e-7

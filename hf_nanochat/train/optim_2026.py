@@ -26,7 +26,10 @@ torch.compile'd kernel and keeps AdamW moments in the parameter's dtype; here ea
 stepped on its own (same math, no compile needed on CPU) and AdamW moments are fp32 always.
 Distribution: under DDP every rank holds the same averaged gradient, so momentum, variance
 statistics and the update run on every rank (state stays identical everywhere and checkpoints
-need no gathering) while steps 2-3 are split across ranks (`transform_across_ranks`). fp16
+need no gathering) while steps 2-3 are split across ranks (`transform_across_ranks`). Under
+FSDP2 each matrix's owner rank gathers it whole for steps 2-3 (hf_nanochat.train.sharding) and
+every rank does the rest on its own rows, the norms and per-column statistics summed over the
+shards (`_shard_sum`); the per-row second moment is sharded like the matrix. fp16
 loss scaling needs nothing here: `LossScaledStep` unscales the gradients before `step()`.
 """
 from __future__ import annotations
