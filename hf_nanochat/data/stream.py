@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from datasets.distributed import split_dataset_by_node
 
+from hf_nanochat.data.sources import expand_source
 from hf_nanochat.data.tokenizer import BOS, encode_plain
 
 DEFAULT_SOURCE = "karpathy/fineweb-edu-100b-shuffle"
@@ -172,7 +173,7 @@ def resolve_source(source: str = DEFAULT_SOURCE) -> list[str]:
     `source` is a local file or folder, a Hub dataset id, or "offline" (the stdlib corpus). A Hub
     failure raises `HubSourceError`; nothing is ever substituted for the named data.
     """
-    source = str(source)
+    source = expand_source(source)  # "climbmix" -> karpathy/climbmix-400b-shuffle (hf_nanochat.data.sources)
     if source == OFFLINE_SOURCE:
         return [str(p) for p in _data_files(offline_corpus())]
     path = Path(source).expanduser()

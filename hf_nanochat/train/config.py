@@ -33,7 +33,10 @@ class TrainConfig:
     tokenizer: str | None = None  # a saved tokenizer folder; null: train one (-> output_dir/tokenizer)
     tokenizer_vocab_size: int = 65536  # when training one (nanochat: 2**16)
     tokenizer_max_chars: int | None = 2_000_000_000  # characters read to train it
-    dataset: str = "karpathy/fineweb-edu-100b-shuffle"  # Hub id, local files/folder, or "offline"
+    dataset: str = "karpathy/fineweb-edu-100b-shuffle"  # Hub id, local files/folder, "offline", or a name: climbmix, fineweb-edu
+    # stream: documents back to back, cut every seq_len+1 tokens; best_fit: nanochat's BOS-aligned
+    # best-fit rows (hf_nanochat.data.best_fit: every row starts at a document, tails cropped)
+    packing: Literal["stream", "best_fit"] = "stream"
     text_column: str = "text"
 
     # --- batch and horizon ----------------------------------------------------------------
@@ -43,20 +46,32 @@ class TrainConfig:
     target_flops: float = -1.0
     target_param_data_ratio: float = 20.0  # tokens:params (20 = Chinchilla)
 
+    # --- recipe --------------------------------------------------------------------------------
+    # nanochat-2026: batch size, horizon, LRs, weight decay and schedules derived from the depth
+    # (hf_nanochat.train.recipe_2026); keys in recipe_fixed are taken as given instead (filled
+    # with the keys this YAML/command line sets, when not set itself)
+    recipe: Literal["none", "nanochat-2026"] = "none"
+    recipe_fixed: list[str] = field(default_factory=list)
+
     # --- optimizer (nanochat's recipe) --------------------------------------------------------
-    optimizer: Literal["muon", "adamw"] = "muon"
+    # muon_adamw_2026: nanochat's 2026 MuonAdamW (hf_nanochat.train.optim_2026)
+    optimizer: Literal["muon", "adamw", "muon_adamw_2026"] = "muon"
     matrix_lr: float = 0.02  # Muon, block matrices
     embedding_lr: float = 0.2  # AdamW, wte (scaled by (width/768)**-0.5)
     unembedding_lr: float = 0.004  # AdamW, lm_head (scaled likewise)
     adamw_matrix_lr: float = 0.004  # block matrices when optimizer: adamw
-    weight_decay: float = 0.0
+    scalar_lr: float = 0.5  # muon_adamw_2026: x0_lambdas (resid_lambdas at 0.01x)
+    weight_decay: float = 0.0  # muon_adamw_2026: the Muon matrices' cautious decay
+    weight_decay_schedule: Literal["constant", "cosine"] = "constant"  # cosine: to 0 over the run
     grad_clip: float = 1.0  # <= 0 disables clipping
     warmup_ratio: float = 0.0
+    warmup_steps: int = 0  # > 0: linear warmup over this many steps (instead of warmup_ratio)
     warmdown_ratio: float = 0.2  # linear decay over the last 20% of steps
     final_lr_frac: float = 0.0
     muon_momentum_start: float = 0.85
     muon_momentum_end: float = 0.95
     muon_momentum_ramp_steps: int = 300
+    muon_momentum_warmdown: float | None = None  # set: momentum goes end -> this over the LR warmdown
     ns_steps: int = 5
     ns_dtype: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPUs that have it, else fp32
 
@@ -98,6 +113,16 @@ class TrainConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.warmup_ratio + self.warmdown_ratio > 1.0:
             raise ValueError("warmup_ratio + warmdown_ratio must be <= 1")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.warmup_steps > 0 and self.warmup_ratio > 0:
+            raise ValueError("set warmup_steps or warmup_ratio, not both")
+        if self.recipe != "none":
+            from hf_nanochat.train.recipe_2026 import DERIVED_KEYS
+
+            stray = sorted(set(self.recipe_fixed) - set(DERIVED_KEYS))
+            if stray:
+                raise ValueError(f"recipe_fixed: {stray} are not derived by recipe {self.recipe} (it derives {list(DERIVED_KEYS)})")
         unknown_trackers = set(self.log_with) - {"tensorboard", "wandb", "all"}
         if unknown_trackers:
             raise ValueError(f"log_with: unknown trackers {sorted(unknown_trackers)} (tensorboard, wandb)")
@@ -198,6 +223,10 @@ def config_from_dict(values: dict, source: str = "config") -> TrainConfig:
         )
         raise ValueError(f"{source}: unknown key(s) {hints_text}")
     kwargs = {k: _coerce(k, v, hints[k]) for k, v in values.items()}
+    if kwargs.get("recipe", "none") != "none" and "recipe_fixed" not in kwargs:
+        from hf_nanochat.train.recipe_2026 import DERIVED_KEYS
+
+        kwargs["recipe_fixed"] = [k for k in DERIVED_KEYS if k in kwargs]  # what the config set itself
     return TrainConfig(**kwargs).validate()
 
 

@@ -115,8 +115,8 @@ def estimate_memory(
     """Peak bytes per device of one training step. `dtype` is the compute dtype (fp32|bf16|fp16)."""
     if dtype not in ("fp32", "bf16", "fp16"):
         raise ValueError(f"dtype must be fp32, bf16 or fp16, got {dtype!r}")
-    if optimizer not in ("muon", "adamw"):
-        raise ValueError(f"optimizer must be muon or adamw, got {optimizer!r}")
+    if optimizer not in ("muon", "adamw", "muon_adamw_2026"):
+        raise ValueError(f"optimizer must be muon, adamw or muon_adamw_2026, got {optimizer!r}")
     if device_batch_size < 1 or seq_len < 1 or world_size < 1:
         raise ValueError("device_batch_size, seq_len and world_size must be >= 1")
     total, matrices, embed_head = parameter_groups(config)
@@ -133,7 +133,7 @@ def estimate_memory(
     gradients = 4 * total // shard
     if world_size > 1 and not fsdp:
         gradients += 4 * total  # DDP gradient buckets
-    if optimizer == "muon":
+    if optimizer != "adamw":  # both Muons: one momentum per matrix (2026's second moments are a row/column each)
         opt = (4 * matrices + 8 * embed_head) // shard
         if fsdp and world_size > 1:
             opt += 4 * 2 * max(config.hidden_size * config.intermediate_size, config.hidden_size**2)  # gathered matrices

@@ -143,38 +143,48 @@ class MuonAdamW(torch.optim.Optimizer):
             p.add_(update.to(p.dtype), alpha=-group["lr"] * scale)
 
     def _orthogonalise(self, matrices: list[torch.Tensor], steps: int, dtype: torch.dtype) -> list[torch.Tensor]:
-        """Newton-Schulz of every matrix; with several ranks each rank computes every
-        world_size-th matrix of each shape and an all_gather shares the results. FSDP-sharded
-        matrices (DTensors) go to hf_nanochat.train.sharding, which orthogonalises each one whole."""
-        if matrices and isinstance(matrices[0], DTensor):
-            from hf_nanochat.train.sharding import orthogonalise_sharded
+        """Newton-Schulz of every matrix, the work shared across ranks (see `transform_across_ranks`).
+        The lambda looks zeropower_via_newtonschulz5 up at call time (tests count its calls)."""
+        return transform_across_ranks(matrices, lambda m: zeropower_via_newtonschulz5(m, steps, dtype), self.process_group)
 
-            return orthogonalise_sharded(matrices, steps, dtype, zeropower_via_newtonschulz5)
-        world = dist.get_world_size(self.process_group) if dist.is_available() and dist.is_initialized() else 1
-        if world == 1:
-            return [zeropower_via_newtonschulz5(m, steps, dtype) for m in matrices]
-        rank = dist.get_rank(self.process_group)
-        by_shape: dict[tuple, list[int]] = {}
-        for i, m in enumerate(matrices):
-            by_shape.setdefault(tuple(m.shape), []).append(i)
-        results: list[torch.Tensor | None] = [None] * len(matrices)
-        pending = []
-        for indices in by_shape.values():
-            for start in range(0, len(indices), world):
-                chunk = indices[start : start + world]
-                ref = matrices[chunk[0]]
-                mine = (
-                    zeropower_via_newtonschulz5(matrices[chunk[rank]], steps, dtype).to(ref.dtype)
-                    if rank < len(chunk)
-                    else torch.zeros_like(ref)  # padding: this rank has no matrix in a short chunk
-                )
-                gathered = [torch.empty_like(ref) for _ in range(world)]
-                pending.append((dist.all_gather(gathered, mine.contiguous(), group=self.process_group, async_op=True), chunk, gathered))
-        for work, chunk, gathered in pending:
-            work.wait()
-            for slot, i in enumerate(chunk):
-                results[i] = gathered[slot]
-        return results
+
+def transform_across_ranks(matrices: list[torch.Tensor], transform, process_group=None) -> list[torch.Tensor]:
+    """`transform(m)` of every whole matrix (same shape and dtype out as in), each computed once.
+
+    With several DDP ranks (every rank holding the same matrices), each rank computes every
+    world_size-th matrix of each shape and an all_gather shares the results. FSDP-sharded
+    matrices (DTensors) go to hf_nanochat.train.sharding, which gathers each one whole for its
+    owner rank and hands every rank back its own rows of the result.
+    """
+    if matrices and isinstance(matrices[0], DTensor):
+        from hf_nanochat.train.sharding import orthogonalise_sharded
+
+        return orthogonalise_sharded(matrices, 0, None, lambda full, _steps, _dtype: transform(full))
+    world = dist.get_world_size(process_group) if dist.is_available() and dist.is_initialized() else 1
+    if world == 1:
+        return [transform(m) for m in matrices]
+    rank = dist.get_rank(process_group)
+    by_shape: dict[tuple, list[int]] = {}
+    for i, m in enumerate(matrices):
+        by_shape.setdefault(tuple(m.shape), []).append(i)
+    results: list[torch.Tensor | None] = [None] * len(matrices)
+    pending = []
+    for indices in by_shape.values():
+        for start in range(0, len(indices), world):
+            chunk = indices[start : start + world]
+            ref = matrices[chunk[0]]
+            mine = (
+                transform(matrices[chunk[rank]]).to(ref.dtype)
+                if rank < len(chunk)
+                else torch.zeros_like(ref)  # padding: this rank has no matrix in a short chunk
+            )
+            gathered = [torch.empty_like(ref) for _ in range(world)]
+            pending.append((dist.all_gather(gathered, mine.contiguous(), group=process_group, async_op=True), chunk, gathered))
+    for work, chunk, gathered in pending:
+        work.wait()
+        for slot, i in enumerate(chunk):
+            results[i] = gathered[slot]
+    return results
 
 
 def build_optimizer(
@@ -224,4 +234,4 @@ def apply_schedule(optimizer: torch.optim.Optimizer, step: int, lr_mult: float, 
             group["momentum"] = momentum
 
 
-__all__ = ["zeropower_via_newtonschulz5", "lr_multiplier", "muon_momentum", "MuonAdamW", "build_optimizer", "apply_schedule"]
+__all__ = ["zeropower_via_newtonschulz5", "lr_multiplier", "muon_momentum", "MuonAdamW", "transform_across_ranks", "build_optimizer", "apply_schedule"]

@@ -36,6 +36,10 @@ import torch.nn.functional as F
 from hf_nanochat.data.provenance import copy_stage_record
 from hf_nanochat.train.memory import estimate_memory
 from hf_nanochat.train.optim import apply_schedule, build_optimizer, lr_multiplier, muon_momentum
+from hf_nanochat.train.optim_2026 import apply_schedule_2026, build_muon_adamw_2026, polar_express_dtype
+from hf_nanochat.train.recipe_2026 import (
+    REF_DEPTH, derive_recipe, format_recipe, lr_multiplier_2026, model_scaling_params, muon_momentum_2026, weight_decay_multiplier,
+)
 from hf_nanochat.train.auto_batch import PROBE_STEPS, halve, initial_device_batch
 from hf_nanochat.train.sharding import describe_sharding, export_skeleton, fsdp_plugin
 from hf_nanochat.train.precision import LossScaledStep, PrecisionPlan, newton_schulz_dtype, resolve_precision
@@ -76,6 +80,7 @@ def default_pipeline(config: TrainConfig, accelerator) -> DataPipeline:
     saves it to output_dir/tokenizer (reused on --resume); the other ranks then load it."""
     from hf_nanochat.data.provenance import write_stage_record
     from hf_nanochat.data.stream import PretrainStream, describe_source, load_documents, resolve_source_once
+    from hf_nanochat.data.best_fit import BestFitStream
     from hf_nanochat.data.tokenizer import load_tokenizer, token_byte_lengths, train_tokenizer
 
     # Decided once, on the main process, for every rank and both splits; recorded in the run folder.
@@ -96,7 +101,8 @@ def default_pipeline(config: TrainConfig, accelerator) -> DataPipeline:
     tokenizer = load_tokenizer(str(path))
 
     def make_stream(split, rank, world_size, batch_size, seq_len):
-        return PretrainStream(tokenizer, files, seq_len, batch_size, split=split, rank=rank, world_size=world_size, text_column=config.text_column)
+        stream_class = BestFitStream if config.packing == "best_fit" else PretrainStream
+        return stream_class(tokenizer, files, seq_len, batch_size, split=split, rank=rank, world_size=world_size, text_column=config.text_column)
 
     return DataPipeline(tokenizer, make_stream, token_byte_lengths(tokenizer))
 
@@ -125,6 +131,24 @@ def resolve_horizon(config: TrainConfig, num_params: int, flops_per_token: int) 
         return max(1, steps), f"target_flops={config.target_flops:.3e}"
     steps = int(config.target_param_data_ratio * num_params) // config.total_batch_size
     return max(1, steps), f"target_param_data_ratio={config.target_param_data_ratio:g}"
+
+
+def schedules_at(config: TrainConfig, step: int, num_iterations: int) -> tuple[float, float, float]:
+    """(LR multiplier, Muon momentum, weight-decay multiplier) at optimizer step `step`:
+    nanochat's Nov 2025 schedules, or its 2026 ones (warmup in steps, momentum back down over the
+    warmdown, cosine decay) where the config asks for them (recipe nanochat-2026 does)."""
+    if config.warmup_steps > 0:
+        lr_mult = lr_multiplier_2026(step, num_iterations, config.warmup_steps, config.warmdown_ratio, config.final_lr_frac)
+    else:
+        lr_mult = lr_multiplier(step, num_iterations, config.warmup_ratio, config.warmdown_ratio, config.final_lr_frac)
+    if config.muon_momentum_warmdown is not None:
+        momentum = muon_momentum_2026(
+            step, num_iterations, config.muon_momentum_start, config.muon_momentum_end, config.muon_momentum_ramp_steps,
+            config.muon_momentum_warmdown, config.warmdown_ratio,
+        )
+    else:
+        momentum = muon_momentum(step, config.muon_momentum_start, config.muon_momentum_end, config.muon_momentum_ramp_steps)
+    return lr_mult, momentum, weight_decay_multiplier(step, num_iterations, config.weight_decay_schedule)
 
 
 def peak_flops_per_device(config: TrainConfig, device: torch.device, mode: str) -> float | None:
@@ -399,6 +423,14 @@ def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: boo
         pad_token_id=tokenizer.pad_token_id,
     )
     model = NanoChatGPTForCausalLM(model_config)
+    recipe_lines: list[str] = []
+    if config.recipe == "nanochat-2026":
+        # nanochat base_train.py: the d12 reference is the same model class at depth 12, on meta.
+        with torch.device("meta"):
+            reference = NanoChatGPTForCausalLM(NanoChatGPTConfig.from_depth(REF_DEPTH, vocab_size=len(tokenizer), max_position_embeddings=config.max_seq_len))
+        derived = derive_recipe(model_scaling_params(model), model_scaling_params(reference), {k: getattr(config, k) for k in config.recipe_fixed})
+        config = dataclasses.replace(config, **{k: d.value for k, d in derived.items() if not k.startswith("_")}).validate()
+        recipe_lines = format_recipe(derived)
     num_params = sum(p.numel() for p in model.parameters())
     flops_per_token = model.num_flops_per_token()
     num_iterations, horizon_why = resolve_horizon(config, num_params, flops_per_token)
@@ -420,7 +452,8 @@ def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: boo
         accelerator.print(f"device_batch_size: auto -> {chosen} (halved on out-of-memory during the first {PROBE_STEPS} steps)")
         config = dataclasses.replace(config, device_batch_size=chosen)
     grad_accum = grad_accumulation_steps(config.total_batch_size, config.device_batch_size, config.max_seq_len, world)
-    ns_dtype = {"auto": newton_schulz_dtype(device), "bf16": torch.bfloat16, "fp32": torch.float32}[config.ns_dtype]
+    auto_ns = polar_express_dtype(plan.mode) if config.optimizer == "muon_adamw_2026" else newton_schulz_dtype(device)
+    ns_dtype = {"auto": auto_ns, "bf16": torch.bfloat16, "fp32": torch.float32}[config.ns_dtype]
     memory = estimate_memory(model_config, config.device_batch_size, config.max_seq_len, **memory_layout).as_dict()
     total_tokens = num_iterations * config.total_batch_size
 
@@ -436,25 +469,43 @@ def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: boo
         f"tokens:params {total_tokens / num_params:.1f}",
         f"compute    {flops_per_token:.3e} FLOPs/token -> {flops_per_token * total_tokens:.3e} FLOPs total",
         f"optimizer  {config.optimizer}"
-        + (f" (Muon on block matrices, Newton-Schulz in {str(ns_dtype).removeprefix('torch.')}; AdamW on wte/lm_head)" if config.optimizer == "muon" else ""),
+        + (f" (Muon on block matrices, Newton-Schulz in {str(ns_dtype).removeprefix('torch.')}; AdamW on wte/lm_head)" if config.optimizer == "muon" else "")
+        + (
+            f" (NorMuon + Polar Express in {str(ns_dtype).removeprefix('torch.')} on block matrices, cautious wd {config.weight_decay:.4g} "
+            f"{config.weight_decay_schedule}; AdamW on lm_head/wte/value_embeds/scalars)"
+            if config.optimizer == "muon_adamw_2026" else ""
+        ),
         f"memory     ~{_human(memory['total'], 'B')} per device (hf_nanochat.train.memory estimate: "
         + ", ".join(f"{k} {_human(v, 'B')}" for k, v in memory.items() if k != "total")
         + ")"
         + (f"; loss in chunks of {config.loss_chunk_tokens:,} tokens" if config.loss_chunk_tokens else ""),
     ]
-    accelerator.print("\n".join(plan_lines), flush=True)
+    accelerator.print("\n".join(recipe_lines + plan_lines), flush=True)
 
-    optimizer = build_optimizer(
-        model,
-        config.optimizer,
-        matrix_lr=config.matrix_lr,
-        embedding_lr=config.embedding_lr,
-        unembedding_lr=config.unembedding_lr,
-        adamw_matrix_lr=config.adamw_matrix_lr,
-        weight_decay=config.weight_decay,
-        ns_steps=config.ns_steps,
-        ns_dtype=ns_dtype,
-    )
+    if config.optimizer == "muon_adamw_2026":
+        optimizer = build_muon_adamw_2026(
+            model,
+            matrix_lr=config.matrix_lr,
+            embedding_lr=config.embedding_lr,
+            unembedding_lr=config.unembedding_lr,
+            scalar_lr=config.scalar_lr,
+            weight_decay=config.weight_decay,
+            momentum=config.muon_momentum_start,
+            ns_steps=config.ns_steps,
+            ns_dtype=ns_dtype,
+        )
+    else:
+        optimizer = build_optimizer(
+            model,
+            config.optimizer,
+            matrix_lr=config.matrix_lr,
+            embedding_lr=config.embedding_lr,
+            unembedding_lr=config.unembedding_lr,
+            adamw_matrix_lr=config.adamw_matrix_lr,
+            weight_decay=config.weight_decay,
+            ns_steps=config.ns_steps,
+            ns_dtype=ns_dtype,
+        )
     if config.compile:
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -505,9 +556,11 @@ def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: boo
         probing = auto_batch and step < first_step + PROBE_STEPS
         stream_position = train_stream.state_dict() if probing else None
         out_of_memory = False
-        lr_mult = lr_multiplier(step, num_iterations, config.warmup_ratio, config.warmdown_ratio, config.final_lr_frac)
-        momentum = muon_momentum(step, config.muon_momentum_start, config.muon_momentum_end, config.muon_momentum_ramp_steps)
-        apply_schedule(optimizer, step, lr_mult, momentum)
+        lr_mult, momentum, wd_mult = schedules_at(config, step, num_iterations)
+        if config.optimizer == "muon_adamw_2026":
+            apply_schedule_2026(optimizer, lr_mult, momentum, wd_mult)
+        else:
+            apply_schedule(optimizer, step, lr_mult, momentum)
         loss_sum = torch.zeros((), device=device)
         try:
             for micro in range(grad_accum):
@@ -563,6 +616,8 @@ def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: boo
             "tokens": step * config.total_batch_size,
             "dt": dt,
         }
+        if hasattr(train_stream, "dropped_fraction"):  # best-fit packing: share of read tokens cropped away
+            record["data_dropped_frac"] = train_stream.dropped_fraction
         if plan.mode == "fp16":
             record.update(loss_scale=stepper.loss_scale(), skipped=not applied, skipped_steps=stepper.skipped_steps)
         if device.type == "cuda":
