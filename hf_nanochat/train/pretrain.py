@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from hf_nanochat.train.memory import estimate_memory
 from hf_nanochat.train.optim import apply_schedule, build_optimizer, lr_multiplier, muon_momentum
-from hf_nanochat.train.auto_batch import PROBE_STEPS, halve, initial_device_batch
+from hf_nanochat.train.auto_batch import PROBE_STEPS, OutOfMemoryGuard, starting_device_batch
 from hf_nanochat.train.sharding import describe_sharding, export_skeleton, fsdp_plugin
 from hf_nanochat.train.precision import LossScaledStep, PrecisionPlan, newton_schulz_dtype, resolve_precision
 from hf_nanochat.train.config import TrainConfig, config_to_yaml, load_config, parse_value
@@ -306,7 +306,125 @@ class Checkpointer:
 
 
 # ----------------------------------------------------------------------------------------------
-# The training run
+# Build: the accelerator, the model and the plan printed before step 1
+
+
+def make_accelerator(config: TrainConfig):
+    """The Accelerator for this run and the precision it runs in."""
+    from accelerate import Accelerator, PartialState
+    from accelerate.utils import GradScalerKwargs, parse_flag_from_env
+
+    # The device decides the precision, which Accelerator() needs: ask PartialState first, with
+    # the CPU flag Accelerator() itself would read (without it gloo ranks start as world size 1).
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    precision = resolve_precision(config.precision, state.device, os.environ.get("ACCELERATE_MIXED_PRECISION"))
+    accelerator = Accelerator(
+        mixed_precision=precision.accelerate_mixed_precision,
+        log_with=config.log_with or None,
+        project_dir=str(config.output_dir),
+        kwargs_handlers=[GradScalerKwargs(init_scale=config.fp16_init_scale)],
+        fsdp_plugin=fsdp_plugin(precision.mode),  # None unless launched with an FSDP config
+    )
+    return accelerator, precision
+
+
+def build_model(config: TrainConfig, tokenizer):
+    """A freshly initialised model of the recipe's depth (call set_seed first: same weights on every rank)."""
+    from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
+    from hf_nanochat.modeling.modeling_nanochat_gpt import NanoChatGPTForCausalLM
+
+    model_config = NanoChatGPTConfig.from_depth(
+        config.depth,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=config.max_seq_len,
+        num_key_value_heads=config.num_kv_heads,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return NanoChatGPTForCausalLM(model_config)
+
+
+@dataclass
+class RunPlan:
+    """Everything decided before step 1; `describe()` is what base_train prints."""
+
+    config: TrainConfig  # with device_batch_size resolved (`auto` -> a number)
+    model_config: object
+    num_params: int
+    flops_per_token: int
+    num_iterations: int
+    horizon_why: str
+    grad_accum: int
+    ns_dtype: torch.dtype
+    memory: dict
+    precision: PrecisionPlan
+    world_size: int
+    device: torch.device
+
+    def describe(self) -> str:
+        c, m, world = self.config, self.model_config, self.world_size
+        total_tokens = self.num_iterations * c.total_batch_size
+        ns = str(self.ns_dtype).removeprefix("torch.")
+        return "\n".join([
+            f"model      depth {c.depth}: width {m.hidden_size}, {m.num_attention_heads} heads "
+            f"({m.num_key_value_heads} kv) x {m.head_dim}, vocab {m.vocab_size}, "
+            f"context {c.max_seq_len}; {self.num_params:,} params ({_human(self.num_params)})",
+            f"precision  {self.precision.mode}: {self.precision.reason}",
+            f"devices    world size {world} on {self.device.type}; device batch {c.device_batch_size} x {c.max_seq_len} tokens",
+            f"batch      {c.total_batch_size:,} tokens/step = {c.device_batch_size} x {c.max_seq_len} x {world} x "
+            f"{self.grad_accum} grad-accumulation steps",
+            f"horizon    {self.num_iterations:,} steps (from {self.horizon_why}) -> {total_tokens:,} tokens ({_human(total_tokens)}), "
+            f"tokens:params {total_tokens / self.num_params:.1f}",
+            f"compute    {self.flops_per_token:.3e} FLOPs/token -> {self.flops_per_token * total_tokens:.3e} FLOPs total",
+            f"optimizer  {c.optimizer}"
+            + (f" (Muon on block matrices, Newton-Schulz in {ns}; AdamW on wte/lm_head)" if c.optimizer == "muon" else ""),
+            f"memory     ~{_human(self.memory['total'], 'B')} per device (hf_nanochat.train.memory estimate: "
+            + ", ".join(f"{k} {_human(v, 'B')}" for k, v in self.memory.items() if k != "total")
+            + ")"
+            + (f"; loss in chunks of {c.loss_chunk_tokens:,} tokens" if c.loss_chunk_tokens else ""),
+        ])
+
+
+def plan_run(config: TrainConfig, model, accelerator, precision: PrecisionPlan, resume_from: Path | None) -> RunPlan:
+    """Horizon, device batch (`auto` resolved), accumulation, FLOPs and the memory estimate."""
+    device, world = accelerator.device, accelerator.num_processes
+    num_params = sum(p.numel() for p in model.parameters())
+    flops_per_token = model.num_flops_per_token()
+    num_iterations, horizon_why = resolve_horizon(config, num_params, flops_per_token)
+    fsdp = accelerator.distributed_type.value == "FSDP"
+    layout = dict(
+        dtype=precision.mode, world_size=world, fsdp=fsdp, optimizer=config.optimizer, on_gpu=device.type == "cuda",
+        loss_chunk_tokens=config.loss_chunk_tokens,
+        activation_checkpointing=bool(fsdp and accelerator.state.fsdp_plugin.activation_checkpointing),
+    )
+
+    def peak_bytes(device_batch: int) -> int:
+        return estimate_memory(model.config, device_batch, config.max_seq_len, **layout).total
+
+    if config.device_batch_size == "auto":
+        saved = _read_trainer_state(resume_from) if resume_from else {}
+        chosen = starting_device_batch(config.total_batch_size, config.max_seq_len, world, device, peak_bytes, saved)
+        accelerator.print(f"device_batch_size: auto -> {chosen} (halved on out-of-memory during the first {PROBE_STEPS} steps)")
+        config = dataclasses.replace(config, device_batch_size=chosen)
+    return RunPlan(
+        config=config,
+        model_config=model.config,
+        num_params=num_params,
+        flops_per_token=flops_per_token,
+        num_iterations=num_iterations,
+        horizon_why=horizon_why,
+        grad_accum=grad_accumulation_steps(config.total_batch_size, config.device_batch_size, config.max_seq_len, world),
+        ns_dtype={"auto": newton_schulz_dtype(device), "bf16": torch.bfloat16, "fp32": torch.float32}[config.ns_dtype],
+        memory=estimate_memory(model.config, config.device_batch_size, config.max_seq_len, **layout).as_dict(),
+        precision=precision,
+        world_size=world,
+        device=device,
+    )
+
+
+def _read_trainer_state(checkpoint: Path) -> dict:
+    return json.loads((checkpoint / "state" / "trainer_state.json").read_text())
 
 
 def _to_device(batch, device):
@@ -322,277 +440,286 @@ def _truncate_log(path: Path, last_step: int) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
+def _close(iterator) -> None:
+    if hasattr(iterator, "close"):
+        iterator.close()  # stops a stream's prefetch thread
+
+
+def _due(step: int, every: int) -> bool:
+    return every > 0 and step % every == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# The run: built once, then stepped by train()'s loop
+
+
+class PretrainRun:
+    """One base-training run's state: accelerator, model, optimizer, streams, step and logs.
+
+    The constructor builds (nanochat base_train's top half); `train_step`, `evaluate_and_sample`,
+    `log` and `save` are the loop's parts; `finish` publishes the final model."""
+
+    def __init__(self, config: TrainConfig, pipeline: DataPipeline | None, resume: bool):
+        from accelerate.utils import set_seed
+
+        self.accelerator, precision = make_accelerator(config)
+        acc = self.accelerator
+        self.device, self.world, self.rank = acc.device, acc.num_processes, acc.process_index
+        self.output_dir = Path(config.output_dir)
+        self.metrics_path, self.samples_path = self.output_dir / "metrics.jsonl", self.output_dir / "samples.jsonl"
+        self.checkpointer = Checkpointer(acc, self.output_dir, config.keep_checkpoints)
+        resume_from = self._checkpoint_to_resume(resume)
+
+        self.pipeline = pipeline or default_pipeline(config, acc)
+        set_seed(config.seed)  # same initial weights on every rank
+        model = build_model(config, self.pipeline.tokenizer)
+        self.plan = plan_run(config, model, acc, precision, resume_from)
+        self.config, self.grad_accum = self.plan.config, self.plan.grad_accum
+        acc.print(self.plan.describe(), flush=True)
+
+        self.model, self.optimizer = self._prepare(model)
+        self.stepper = LossScaledStep(acc, precision, init_scale=config.fp16_init_scale)
+        self._open_streams(self.config.device_batch_size)
+        self.step, self.last_checkpoint, self.record = 0, None, {}
+        if resume_from is not None:
+            self._restore(resume_from)
+        self._start_outputs()
+        self.auto_batch = OutOfMemoryGuard(enabled=config.device_batch_size == "auto", first_step=self.step)
+        self.peak_flops = peak_flops_per_device(self.config, self.device, precision.mode)
+        self.train_iter = iter(self.train_stream)
+        self.progress = self._progress_bar()
+        self.model.train()
+
+    @property
+    def num_iterations(self) -> int:
+        return self.plan.num_iterations
+
+    # --- build -------------------------------------------------------------------------------
+
+    def _checkpoint_to_resume(self, resume: bool) -> Path | None:
+        existing = list_checkpoints(self.output_dir)
+        if existing and not resume:
+            raise FileExistsError(f"{self.output_dir} already has checkpoints ({existing[-1].name}); pass --resume or use another --output_dir")
+        if resume and not existing:
+            self.accelerator.print(f"--resume: no checkpoint in {self.output_dir}/checkpoints, starting from scratch")
+        return existing[-1] if resume and existing else None
+
+    def _prepare(self, model):
+        c = self.config
+        optimizer = build_optimizer(
+            model,
+            c.optimizer,
+            matrix_lr=c.matrix_lr,
+            embedding_lr=c.embedding_lr,
+            unembedding_lr=c.unembedding_lr,
+            adamw_matrix_lr=c.adamw_matrix_lr,
+            weight_decay=c.weight_decay,
+            ns_steps=c.ns_steps,
+            ns_dtype=self.plan.ns_dtype,
+        )
+        if c.compile:
+            model = torch.compile(model)
+        model, optimizer = self.accelerator.prepare(model, optimizer)
+        if self.accelerator.distributed_type.value == "FSDP":
+            print(describe_sharding(model, self.rank, self.world), flush=True)  # every rank: what it holds
+        return model, optimizer
+
+    def _open_streams(self, device_batch: int, train_position: dict | None = None) -> None:
+        make = self.pipeline.make_stream
+        self.train_stream = make("train", self.rank, self.world, device_batch, self.config.max_seq_len)
+        if train_position is not None:
+            self.train_stream.load_state_dict(train_position)
+        self.val_stream = make("val", self.rank, self.world, device_batch, self.config.max_seq_len)
+
+    def _restore(self, checkpoint: Path) -> None:
+        acc = self.accelerator
+        self.checkpointer.clean_partial()
+        acc.load_state(str(checkpoint / "state"))
+        trainer_state = _read_trainer_state(checkpoint)
+        self.step = trainer_state["step"]
+        self.stepper.skipped_steps = trainer_state["skipped_steps"]
+        if trainer_state["world_size"] == self.world:
+            self.train_stream.load_state_dict(json.loads((checkpoint / "state" / f"data_rank{self.rank}.json").read_text()))
+        else:
+            # Weights and optimizer state are re-sharded on load (DCP / full state dicts); a data
+            # stream's position belongs to its rank's slice of the documents and has no meaning
+            # for another split of them.
+            acc.print(
+                f"resuming on {self.world} processes from a checkpoint saved by {trainer_state['world_size']}: model, optimizer, "
+                "step and schedules continue exactly; the data streams are re-split and restart at the beginning of the train split"
+            )
+        if acc.is_main_process:
+            _truncate_log(self.metrics_path, self.step)
+            _truncate_log(self.samples_path, self.step)
+        acc.print(f"resumed from {checkpoint} at step {self.step}")
+        self.last_checkpoint = checkpoint
+
+    def _start_outputs(self) -> None:
+        if self.accelerator.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "train_config.yaml").write_text(config_to_yaml(self.config))
+        if self.config.log_with:
+            self.accelerator.init_trackers(self.config.run_name, config=dataclasses.asdict(self.config))
+
+    def _progress_bar(self):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.num_iterations, initial=self.step, disable=not self.accelerator.is_local_main_process, desc="pretrain", dynamic_ncols=True)
+
+    # --- the loop's parts --------------------------------------------------------------------
+
+    def train_step(self) -> dict | None:
+        """One optimizer step over `grad_accum` micro-batches; its metrics record, or None when
+        `auto` halved the device batch after an out-of-memory and the step must be redone."""
+        t0 = time.perf_counter()
+        c = self.config
+        position = self.train_stream.state_dict() if self.auto_batch.probing(self.step) else None
+        lr_mult = lr_multiplier(self.step, self.num_iterations, c.warmup_ratio, c.warmdown_ratio, c.final_lr_frac)
+        momentum = muon_momentum(self.step, c.muon_momentum_start, c.muon_momentum_end, c.muon_momentum_ramp_steps)
+        apply_schedule(self.optimizer, self.step, lr_mult, momentum)
+        with self.auto_batch.watch(self.step, c.device_batch_size) as oom:
+            loss_sum = self._accumulate_gradients()
+        if oom.hit:
+            self._shrink_device_batch(position)
+            return None
+        grad_norm, applied = self.stepper.clip_and_step(self.optimizer, self.model.parameters(), c.grad_clip)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        loss = self.accelerator.reduce(loss_sum / self.grad_accum, "mean").item()  # also syncs the device
+        return self._step_record(loss, lr_mult, grad_norm, applied, time.perf_counter() - t0)
+
+    def _accumulate_gradients(self) -> torch.Tensor:
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(self.grad_accum):
+            x, y = _to_device(next(self.train_iter), self.device)
+            # Gradients are all-reduced once per optimizer step, on the last micro-batch.
+            sync = contextlib.nullcontext() if micro == self.grad_accum - 1 else self.accelerator.no_sync(self.model)
+            with sync:
+                with self.stepper.autocast():
+                    loss = self.model(input_ids=x, shift_labels=y, loss_chunk_tokens=self.config.loss_chunk_tokens).loss
+                loss_sum += loss.detach()
+                self.stepper.backward(loss / self.grad_accum)
+        return loss_sum
+
+    def _shrink_device_batch(self, train_position: dict) -> None:
+        """auto_batch's roll-back, then new streams: the step is redone from the same data."""
+        c = self.config
+        new_batch, self.grad_accum, message = self.auto_batch.roll_back(
+            self.optimizer, self.device, self.step, c.device_batch_size, self.grad_accum, c.total_batch_size
+        )
+        self.config = dataclasses.replace(c, device_batch_size=new_batch)
+        _close(self.train_iter)
+        self._open_streams(new_batch, train_position)
+        self.train_iter = iter(self.train_stream)
+        if self.accelerator.is_local_main_process:
+            self.progress.write(message)
+
+    def _step_record(self, loss: float, lr_mult: float, grad_norm: float, applied: bool, dt: float) -> dict:
+        c = self.config
+        tokens_per_s = c.total_batch_size / dt
+        record = {
+            "step": self.step,
+            "loss": loss,
+            "lr": self.optimizer.param_groups[-1]["lr"],
+            "lr_mult": lr_mult,
+            "grad_norm": grad_norm,
+            "tokens_per_s": tokens_per_s,
+            "mfu": self.plan.flops_per_token * tokens_per_s / (self.peak_flops * self.world) if self.peak_flops else None,
+            "tokens": self.step * c.total_batch_size,
+            "dt": dt,
+        }
+        if self.plan.precision.mode == "fp16":
+            record.update(loss_scale=self.stepper.loss_scale(), skipped=not applied, skipped_steps=self.stepper.skipped_steps)
+        if self.device.type == "cuda":
+            record["max_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
+        return record
+
+    def evaluate_and_sample(self) -> dict:
+        """Validation bits per byte, then greedy samples of the recipe's prompts (written to samples.jsonl)."""
+        c = self.config
+        eval_steps = max(1, c.eval_tokens // (c.device_batch_size * c.max_seq_len * self.world))
+        val_batches = iter(self.val_stream)  # starts from the beginning of the val split every time
+        val_bpb = evaluate_bpb(self.model, val_batches, eval_steps, self.pipeline.token_bytes, self.stepper.autocast, self.accelerator)
+        _close(val_batches)
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        completions = sample_completions(unwrapped, self.pipeline.tokenizer, c.sample_prompts, c.sample_max_tokens, self.stepper.autocast, self.device)
+        if self.accelerator.is_main_process:
+            with open(self.samples_path, "a") as f:
+                for prompt, completion in zip(c.sample_prompts, completions):
+                    f.write(json.dumps({"step": self.step, "prompt": prompt, "completion": completion}) + "\n")
+            self.progress.write(f"step {self.step}: val bpb {val_bpb:.4f}")
+            for prompt, completion in zip(c.sample_prompts, completions):
+                self.progress.write(f"  {prompt!r} -> {completion!r}")
+        return {"val_bpb": val_bpb}
+
+    def log(self, record: dict) -> None:
+        """metrics.jsonl (every step), the trackers and the progress bar."""
+        self.record = record
+        if self.accelerator.is_main_process:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if self.config.log_with:
+            self.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=self.step)
+        if self.step % self.config.log_every == 0 or self.step == self.num_iterations:
+            tokens_per_s = record["tokens_per_s"]
+            self.progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr_mult']:.2f}x", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+            self.progress.update(self.step - self.progress.n)
+
+    def save(self, record: dict) -> None:
+        trainer_state = {
+            "step": self.step,
+            "num_iterations": self.num_iterations,
+            "skipped_steps": self.stepper.skipped_steps,
+            "world_size": self.world,
+            "device_batch_size": self.config.device_batch_size,
+            "tokens": self.step * self.config.total_batch_size,
+            "loss": record["loss"],
+            "val_bpb": record.get("val_bpb"),
+        }
+        self.last_checkpoint = self.checkpointer.save(self.step, self.model, self.pipeline.tokenizer, trainer_state, self.train_stream)
+
+    def finish(self) -> dict:
+        """Close the streams, publish output_dir/model, return (and print) the summary."""
+        self.progress.close()
+        _close(self.train_iter)
+        final_model = self.checkpointer.publish_final_model(self.last_checkpoint) if self.last_checkpoint is not None else None
+        if self.config.log_with:
+            self.accelerator.end_training()
+        summary = {
+            "steps": self.step,
+            "loss": self.record.get("loss"),
+            "val_bpb": self.record.get("val_bpb"),
+            "skipped_steps": self.stepper.skipped_steps,
+            "world_size": self.world,
+            "model_dir": str(final_model) if final_model else None,
+            "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
+        }
+        self.accelerator.print(json.dumps(summary))
+        return summary
+
+
 def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: bool = False) -> dict:
-    """Run base pretraining; returns a summary (steps, final loss/bpb, skipped steps, paths)."""
+    """Run base pretraining; returns a summary (steps, final loss/bpb, skipped steps, paths).
+
+    nanochat's scripts/base_train.py in outline: build and plan, then per optimizer step: step,
+    evaluate and sample (every eval_every and at the end), log, save (every save_every and at the end)."""
     if config.stage != "base":
         raise NotImplementedError(
             f"stage {config.stage!r} (mid-training / SFT) is trained with TRL by hf_nanochat.sft.run_sft_stage; "
             "train.py dispatches recipes with stage: mid|sft there (train_configs/mid.yaml, sft.yaml)"
         )
-
-    from accelerate import Accelerator, PartialState
-    from accelerate.utils import GradScalerKwargs, parse_flag_from_env, set_seed
-    from tqdm.auto import tqdm
-
-    from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
-    from hf_nanochat.modeling.modeling_nanochat_gpt import NanoChatGPTForCausalLM
-
-    output_dir = Path(config.output_dir)
-    # The device decides the precision, which Accelerator() needs: ask PartialState first, with
-    # the CPU flag Accelerator() itself would read (without it gloo ranks start as world size 1).
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-    plan: PrecisionPlan = resolve_precision(config.precision, state.device, os.environ.get("ACCELERATE_MIXED_PRECISION"))
-    accelerator = Accelerator(
-        mixed_precision=plan.accelerate_mixed_precision,
-        log_with=config.log_with or None,
-        project_dir=str(output_dir),
-        kwargs_handlers=[GradScalerKwargs(init_scale=config.fp16_init_scale)],
-        fsdp_plugin=fsdp_plugin(plan.mode),  # None unless launched with an FSDP config
-    )
-    device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
-    checkpointer = Checkpointer(accelerator, output_dir, config.keep_checkpoints)
-    existing = list_checkpoints(output_dir)
-    if existing and not resume:
-        raise FileExistsError(f"{output_dir} already has checkpoints ({existing[-1].name}); pass --resume or use another --output_dir")
-    if resume and not existing:
-        accelerator.print(f"--resume: no checkpoint in {output_dir}/checkpoints, starting from scratch")
-
-    pipeline = pipeline or default_pipeline(config, accelerator)
-    tokenizer = pipeline.tokenizer
-    set_seed(config.seed)  # same initial weights on every rank
-    model_config = NanoChatGPTConfig.from_depth(
-        config.depth,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=config.max_seq_len,
-        num_key_value_heads=config.num_kv_heads,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model = NanoChatGPTForCausalLM(model_config)
-    num_params = sum(p.numel() for p in model.parameters())
-    flops_per_token = model.num_flops_per_token()
-    num_iterations, horizon_why = resolve_horizon(config, num_params, flops_per_token)
-    fsdp = accelerator.distributed_type.value == "FSDP"
-    memory_layout = dict(
-        dtype=plan.mode, world_size=world, fsdp=fsdp, optimizer=config.optimizer, on_gpu=device.type == "cuda",
-        loss_chunk_tokens=config.loss_chunk_tokens,
-        activation_checkpointing=bool(fsdp and accelerator.state.fsdp_plugin.activation_checkpointing),
-    )
-    auto_batch = config.device_batch_size == "auto"
-    if auto_batch:
-        saved = json.loads((existing[-1] / "state" / "trainer_state.json").read_text()) if resume and existing else {}
-        if saved.get("world_size") == world and saved.get("device_batch_size"):
-            chosen = saved["device_batch_size"]  # what the interrupted run settled on
-        else:
-            budget = torch.cuda.mem_get_info(device)[1] if device.type == "cuda" else None
-            fits = (lambda b: estimate_memory(model_config, b, config.max_seq_len, **memory_layout).total <= budget) if budget else None
-            chosen = initial_device_batch(config.total_batch_size, config.max_seq_len, world, fits)
-        accelerator.print(f"device_batch_size: auto -> {chosen} (halved on out-of-memory during the first {PROBE_STEPS} steps)")
-        config = dataclasses.replace(config, device_batch_size=chosen)
-    grad_accum = grad_accumulation_steps(config.total_batch_size, config.device_batch_size, config.max_seq_len, world)
-    ns_dtype = {"auto": newton_schulz_dtype(device), "bf16": torch.bfloat16, "fp32": torch.float32}[config.ns_dtype]
-    memory = estimate_memory(model_config, config.device_batch_size, config.max_seq_len, **memory_layout).as_dict()
-    total_tokens = num_iterations * config.total_batch_size
-
-    plan_lines = [
-        f"model      depth {config.depth}: width {model_config.hidden_size}, {model_config.num_attention_heads} heads "
-        f"({model_config.num_key_value_heads} kv) x {model_config.head_dim}, vocab {model_config.vocab_size}, "
-        f"context {config.max_seq_len}; {num_params:,} params ({_human(num_params)})",
-        f"precision  {plan.mode}: {plan.reason}",
-        f"devices    world size {world} on {device.type}; device batch {config.device_batch_size} x {config.max_seq_len} tokens",
-        f"batch      {config.total_batch_size:,} tokens/step = {config.device_batch_size} x {config.max_seq_len} x {world} x "
-        f"{grad_accum} grad-accumulation steps",
-        f"horizon    {num_iterations:,} steps (from {horizon_why}) -> {total_tokens:,} tokens ({_human(total_tokens)}), "
-        f"tokens:params {total_tokens / num_params:.1f}",
-        f"compute    {flops_per_token:.3e} FLOPs/token -> {flops_per_token * total_tokens:.3e} FLOPs total",
-        f"optimizer  {config.optimizer}"
-        + (f" (Muon on block matrices, Newton-Schulz in {str(ns_dtype).removeprefix('torch.')}; AdamW on wte/lm_head)" if config.optimizer == "muon" else ""),
-        f"memory     ~{_human(memory['total'], 'B')} per device (hf_nanochat.train.memory estimate: "
-        + ", ".join(f"{k} {_human(v, 'B')}" for k, v in memory.items() if k != "total")
-        + ")"
-        + (f"; loss in chunks of {config.loss_chunk_tokens:,} tokens" if config.loss_chunk_tokens else ""),
-    ]
-    accelerator.print("\n".join(plan_lines), flush=True)
-
-    optimizer = build_optimizer(
-        model,
-        config.optimizer,
-        matrix_lr=config.matrix_lr,
-        embedding_lr=config.embedding_lr,
-        unembedding_lr=config.unembedding_lr,
-        adamw_matrix_lr=config.adamw_matrix_lr,
-        weight_decay=config.weight_decay,
-        ns_steps=config.ns_steps,
-        ns_dtype=ns_dtype,
-    )
-    if config.compile:
-        model = torch.compile(model)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    if accelerator.distributed_type.value == "FSDP":
-        print(describe_sharding(model, rank, world), flush=True)  # every rank: what it holds
-    stepper = LossScaledStep(accelerator, plan, init_scale=config.fp16_init_scale)
-
-    train_stream = pipeline.make_stream("train", rank, world, config.device_batch_size, config.max_seq_len)
-    val_stream = pipeline.make_stream("val", rank, world, config.device_batch_size, config.max_seq_len)
-    step, skipped_steps = 0, 0
-    metrics_path, samples_path = output_dir / "metrics.jsonl", output_dir / "samples.jsonl"
-    if resume and existing:
-        checkpointer.clean_partial()
-        latest = existing[-1]
-        accelerator.load_state(str(latest / "state"))
-        trainer_state = json.loads((latest / "state" / "trainer_state.json").read_text())
-        step, skipped_steps = trainer_state["step"], trainer_state["skipped_steps"]
-        stepper.skipped_steps = skipped_steps
-        if trainer_state["world_size"] == world:
-            train_stream.load_state_dict(json.loads((latest / "state" / f"data_rank{rank}.json").read_text()))
-        else:
-            # Weights and optimizer state are re-sharded on load (DCP / full state dicts); a data
-            # stream's position belongs to its rank's slice of the documents and has no meaning
-            # for another split of them.
-            accelerator.print(
-                f"resuming on {world} processes from a checkpoint saved by {trainer_state['world_size']}: model, optimizer, "
-                "step and schedules continue exactly; the data streams are re-split and restart at the beginning of the train split"
-            )
-        if accelerator.is_main_process:
-            _truncate_log(metrics_path, step)
-            _truncate_log(samples_path, step)
-        accelerator.print(f"resumed from {latest} at step {step}")
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "train_config.yaml").write_text(config_to_yaml(config))
-    if config.log_with:
-        accelerator.init_trackers(config.run_name, config=dataclasses.asdict(config))
-
-    peak = peak_flops_per_device(config, device, plan.mode)
-    eval_steps = max(1, config.eval_tokens // (config.device_batch_size * config.max_seq_len * world))
-    train_iter = iter(train_stream)
-    progress = tqdm(total=num_iterations, initial=step, disable=not accelerator.is_local_main_process, desc="pretrain", dynamic_ncols=True)
-    model.train()
-    record: dict = {}
-    last_checkpoint = existing[-1] if resume and existing else None
-    first_step = step
-    while step < num_iterations:
-        t0 = time.perf_counter()
-        probing = auto_batch and step < first_step + PROBE_STEPS
-        stream_position = train_stream.state_dict() if probing else None
-        out_of_memory = False
-        lr_mult = lr_multiplier(step, num_iterations, config.warmup_ratio, config.warmdown_ratio, config.final_lr_frac)
-        momentum = muon_momentum(step, config.muon_momentum_start, config.muon_momentum_end, config.muon_momentum_ramp_steps)
-        apply_schedule(optimizer, step, lr_mult, momentum)
-        loss_sum = torch.zeros((), device=device)
-        try:
-            for micro in range(grad_accum):
-                x, y = _to_device(next(train_iter), device)
-                # Gradients are all-reduced once per optimizer step, on the last micro-batch.
-                sync = contextlib.nullcontext() if micro == grad_accum - 1 else accelerator.no_sync(model)
-                with sync:
-                    with stepper.autocast():
-                        loss = model(input_ids=x, shift_labels=y, loss_chunk_tokens=config.loss_chunk_tokens).loss
-                    loss_sum += loss.detach()
-                    stepper.backward(loss / grad_accum)
-        except torch.OutOfMemoryError:
-            if not probing or config.device_batch_size == 1:
-                raise
-            out_of_memory = True  # handled below, once the exception no longer pins the activations
-        if out_of_memory:
-            x = y = loss = None
-            optimizer.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            old_batch, old_accum = config.device_batch_size, grad_accum
-            new_batch, grad_accum = halve(old_batch, grad_accum)
-            config = dataclasses.replace(config, device_batch_size=new_batch)
-            # The step is redone from the same data: a new stream at the step's start position.
-            if hasattr(train_iter, "close"):
-                train_iter.close()
-            train_stream = pipeline.make_stream("train", rank, world, new_batch, config.max_seq_len)
-            train_stream.load_state_dict(stream_position)
-            train_iter = iter(train_stream)
-            val_stream = pipeline.make_stream("val", rank, world, new_batch, config.max_seq_len)
-            eval_steps = max(1, config.eval_tokens // (new_batch * config.max_seq_len * world))
-            message = (
-                f"out of memory at step {step + 1} with device batch {old_batch}: device batch {old_batch} -> {new_batch}, "
-                f"gradient accumulation {old_accum} -> {grad_accum}, total batch unchanged ({config.total_batch_size:,} tokens)"
-            )
-            if accelerator.is_local_main_process:
-                progress.write(message)
+    run = PretrainRun(config, pipeline, resume)
+    while run.step < run.num_iterations:
+        record = run.train_step()
+        if record is None:  # out of memory while probing an `auto` device batch: redo the step, halved
             continue
-        grad_norm, applied = stepper.clip_and_step(optimizer, model.parameters(), config.grad_clip)
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        loss_value = accelerator.reduce(loss_sum / grad_accum, "mean").item()  # also syncs the device
-        dt = time.perf_counter() - t0
-        tokens_per_s = config.total_batch_size / dt
-        record = {
-            "step": step,
-            "loss": loss_value,
-            "lr": optimizer.param_groups[-1]["lr"],
-            "lr_mult": lr_mult,
-            "grad_norm": grad_norm,
-            "tokens_per_s": tokens_per_s,
-            "mfu": flops_per_token * tokens_per_s / (peak * world) if peak else None,
-            "tokens": step * config.total_batch_size,
-            "dt": dt,
-        }
-        if plan.mode == "fp16":
-            record.update(loss_scale=stepper.loss_scale(), skipped=not applied, skipped_steps=stepper.skipped_steps)
-        if device.type == "cuda":
-            record["max_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
-
-        last = step == num_iterations
-        if last or (config.eval_every > 0 and step % config.eval_every == 0):
-            val_batches = iter(val_stream)  # starts from the beginning of the val split every time
-            record["val_bpb"] = evaluate_bpb(model, val_batches, eval_steps, pipeline.token_bytes, stepper.autocast, accelerator)
-            if hasattr(val_batches, "close"):
-                val_batches.close()  # stops the stream's prefetch thread
-            completions = sample_completions(accelerator.unwrap_model(model), tokenizer, config.sample_prompts, config.sample_max_tokens, stepper.autocast, device)
-            if accelerator.is_main_process:
-                with open(samples_path, "a") as f:
-                    for prompt, completion in zip(config.sample_prompts, completions):
-                        f.write(json.dumps({"step": step, "prompt": prompt, "completion": completion}) + "\n")
-                progress.write(f"step {step}: val bpb {record['val_bpb']:.4f}")
-                for prompt, completion in zip(config.sample_prompts, completions):
-                    progress.write(f"  {prompt!r} -> {completion!r}")
-        if accelerator.is_main_process:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-        if config.log_with:
-            accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=step)
-        if step % config.log_every == 0 or last:
-            progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_mult:.2f}x", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
-            progress.update(step - progress.n)
-
-        if last or (config.save_every > 0 and step % config.save_every == 0):
-            trainer_state = {
-                "step": step,
-                "num_iterations": num_iterations,
-                "skipped_steps": stepper.skipped_steps,
-                "world_size": world,
-                "device_batch_size": config.device_batch_size,
-                "tokens": step * config.total_batch_size,
-                "loss": loss_value,
-                "val_bpb": record.get("val_bpb"),
-            }
-            last_checkpoint = checkpointer.save(step, model, tokenizer, trainer_state, train_stream)
-    progress.close()
-    if hasattr(train_iter, "close"):
-        train_iter.close()
-
-    final_model = checkpointer.publish_final_model(last_checkpoint) if last_checkpoint is not None else None
-    if config.log_with:
-        accelerator.end_training()
-    summary = {
-        "steps": step,
-        "loss": record.get("loss"),
-        "val_bpb": record.get("val_bpb"),
-        "skipped_steps": stepper.skipped_steps,
-        "world_size": world,
-        "model_dir": str(final_model) if final_model else None,
-        "checkpoint": str(last_checkpoint) if last_checkpoint else None,
-    }
-    accelerator.print(json.dumps(summary))
-    return summary
+        last = run.step == run.num_iterations
+        if last or _due(run.step, run.config.eval_every):
+            record.update(run.evaluate_and_sample())
+        run.log(record)
+        if last or _due(run.step, run.config.save_every):
+            run.save(record)
+    return run.finish()
 
 
 # ----------------------------------------------------------------------------------------------
