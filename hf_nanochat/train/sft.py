@@ -63,7 +63,11 @@ class SFTStageConfig:
     packing: bool = True  # pack conversations into rows (padding-free, per-document attention)
     packing_strategy: str = "bfd"  # TRL: "bfd" truncates over-long conversations, "bfd_split" splits them
     per_device_train_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
+    # The batch of one optimizer step, as nanochat states it; accumulation is derived from it and
+    # device batch x world size (exactly one of the two, or neither and gradient_accumulation_steps):
+    tokens_per_step: int | None = None  # packed stages: rows x max_length x world x accumulation (mid: 524,288)
+    conversations_per_step: int | None = None  # one conversation per row: rows x world x accumulation (SFT: 32)
+    gradient_accumulation_steps: int | None = None  # explicit accumulation instead of a target (default 1)
     num_epochs: float = 1.0
     max_steps: int = -1  # > 0 overrides num_epochs
     optimizer: str = "muon"  # muon | adamw (nanochat's param groups); with peft: AdamW on the adapters
@@ -101,6 +105,16 @@ class SFTStageConfig:
             raise ValueError("data.train must list at least one source")
         if not 0.0 <= self.warmdown_ratio <= 1.0:
             raise ValueError(f"warmdown_ratio must be in [0, 1], got {self.warmdown_ratio}")
+        targets = [k for k in ("tokens_per_step", "conversations_per_step", "gradient_accumulation_steps") if getattr(self, k) is not None]
+        if len(targets) > 1:
+            raise ValueError(f"set one of {targets}: accumulation is derived from tokens_per_step or conversations_per_step")
+        if self.tokens_per_step is not None and not self.packing:
+            raise ValueError("tokens_per_step counts packed rows of max_length tokens: it needs packing: true (without packing use conversations_per_step)")
+        if self.conversations_per_step is not None and self.packing:
+            raise ValueError("conversations_per_step counts one conversation per row: it needs packing: false (with packing use tokens_per_step)")
+        for key in targets:
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> SFTStageConfig:
@@ -125,6 +139,34 @@ class SFTStageConfig:
         out = dataclasses.asdict(self)
         out["data"] = {"train": out.pop("train_data"), "eval": out.pop("eval_data")}
         return out
+
+
+def accumulation_steps(cfg: SFTStageConfig, world_size: int) -> int:
+    """Gradient accumulation from the stage's target batch, as nanochat derives it:
+    scripts/mid_train.py `total_batch_size // (device_batch_size * max_seq_len * world_size)`,
+    scripts/chat_sft.py `target_examples_per_step // (device_batch_size * world_size)`. So one
+    GPU runs the same recipe as eight, with 8x the accumulation."""
+    rows = cfg.per_device_train_batch_size * world_size
+    if cfg.tokens_per_step is not None:
+        target, per_pass, what = cfg.tokens_per_step, rows * cfg.max_length, f"per_device_train_batch_size x max_length x world size = {cfg.per_device_train_batch_size} x {cfg.max_length} x {world_size}"
+    elif cfg.conversations_per_step is not None:
+        target, per_pass, what = cfg.conversations_per_step, rows, f"per_device_train_batch_size x world size = {cfg.per_device_train_batch_size} x {world_size}"
+    else:
+        return cfg.gradient_accumulation_steps or 1
+    if target % per_pass:
+        name = "tokens_per_step" if cfg.tokens_per_step is not None else "conversations_per_step"
+        raise ValueError(f"{name} {target:,} is not a multiple of {what} = {per_pass:,}; pick a per_device_train_batch_size that divides it")
+    return target // per_pass
+
+
+def describe_batch(cfg: SFTStageConfig, world_size: int) -> str:
+    accum = accumulation_steps(cfg, world_size)
+    b = cfg.per_device_train_batch_size
+    if cfg.tokens_per_step is not None:
+        return f"{cfg.tokens_per_step:,} tokens/step = {b} rows x {cfg.max_length} x {world_size} x {accum} grad-accumulation steps"
+    if cfg.conversations_per_step is not None:
+        return f"{cfg.conversations_per_step} conversations/step = {b} x {world_size} x {accum} grad-accumulation steps"
+    return f"device batch {b} x {world_size} x {accum} grad-accumulation steps"
 
 
 # --------------------------------------------------------------------------- data
@@ -207,6 +249,12 @@ def _device_for_precision() -> torch.device:
     return PartialState().device
 
 
+def _world_size() -> int:
+    from accelerate import PartialState
+
+    return PartialState().num_processes
+
+
 def trainer_precision_args(precision: str, device: torch.device) -> dict[str, Any]:
     """The shared precision rule (hf_nanochat.train.precision) as TrainingArguments flags."""
     from hf_nanochat.train.precision import resolve_precision
@@ -241,6 +289,9 @@ def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_data
     from hf_nanochat.data.tokenizer import load_tokenizer
 
     device = _device_for_precision()
+    world_size = _world_size()
+    grad_accum = accumulation_steps(cfg, world_size)  # a bad target fails here, before any loading
+    print(f"{cfg.stage}: batch {describe_batch(cfg, world_size)}")
     precision_args = trainer_precision_args(cfg.precision, device)
     base = _resolve_local(cfg.model)
     if tokenizer is None:
@@ -280,7 +331,7 @@ def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_data
         assistant_only_loss=False,
         per_device_train_batch_size=cfg.per_device_train_batch_size,
         per_device_eval_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        gradient_accumulation_steps=grad_accum,
         num_train_epochs=cfg.num_epochs,
         max_steps=cfg.max_steps,
         max_grad_norm=cfg.max_grad_norm,
@@ -362,4 +413,4 @@ def main(argv: list[str] | None = None) -> int:
     metrics = run_sft_stage(SFTStageConfig.from_dict(raw))
     print(f"{metrics['stage']}: done, {metrics['global_step']} steps, train loss {metrics['train_loss']:.4f} -> {raw['output_dir']}")
     return 0
-__all__ = ["LoraSection", "NanochatSchedule", "SFTStageConfig", "build_stage_optimizer", "main", "run_sft_stage", "tokenize_conversations"]
+__all__ = ["LoraSection", "NanochatSchedule", "SFTStageConfig", "accumulation_steps", "build_stage_optimizer", "describe_batch", "main", "run_sft_stage", "tokenize_conversations"]
