@@ -139,10 +139,14 @@ def _human(n: float, unit: str = "") -> str:
 
 
 @torch.no_grad()
-def evaluate_bpb(model, batches: Iterator, steps: int, token_bytes: torch.Tensor, autocast, accelerator) -> float:
+def evaluate_bpb(model, batches: Iterator, steps: int, token_bytes: torch.Tensor, autocast, accelerator, loss_chunk_tokens: int = 0) -> float:
     """nanochat's bits per byte: sum of per-token nats / (ln 2 * sum of the target tokens'
     UTF-8 byte lengths). Special tokens have 0 bytes and are left out of both sums, so the
-    number does not depend on the vocabulary (unlike the loss)."""
+    number does not depend on the vocabulary (unlike the loss).
+
+    With `loss_chunk_tokens` (the training step's setting) the nats come from the model's
+    chunked loss, so evaluation never holds whole-batch logits either: targets without bytes
+    are set to -100 and `num_items_in_batch=1` turns the loss into the sum of the rest."""
     was_training = model.training
     model.eval()
     token_bytes = token_bytes.to(accelerator.device)
@@ -153,13 +157,16 @@ def evaluate_bpb(model, batches: Iterator, steps: int, token_bytes: torch.Tensor
         if batch is None:  # the val split is shorter than eval_tokens: use all of it
             break
         x, y = batch[0].to(accelerator.device), batch[1].to(accelerator.device)
-        with autocast():
-            logits = model(input_ids=x).logits
-        y = y.reshape(-1)
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y, ignore_index=-100, reduction="none")
-        valid = y >= 0
-        bytes_per_token = torch.where(valid, token_bytes[y.clamp(min=0)], 0)
-        nats += (loss * (bytes_per_token > 0)).sum().double()
+        bytes_per_token = torch.where(y >= 0, token_bytes[y.clamp(min=0)], 0)
+        if loss_chunk_tokens:
+            counted = torch.where(bytes_per_token > 0, y, -100)
+            with autocast():
+                nats += model(input_ids=x, shift_labels=counted, loss_chunk_tokens=loss_chunk_tokens, num_items_in_batch=1).loss.double()
+        else:
+            with autocast():
+                logits = model(input_ids=x).logits
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), ignore_index=-100, reduction="none")
+            nats += (loss * (bytes_per_token.reshape(-1) > 0)).sum().double()
         n_bytes += bytes_per_token.sum().double()
     nats = accelerator.reduce(nats, "sum")
     n_bytes = accelerator.reduce(n_bytes, "sum")
@@ -639,7 +646,9 @@ class PretrainRun:
         c = self.config
         eval_steps = max(1, c.eval_tokens // (c.device_batch_size * c.max_seq_len * self.world))
         val_batches = iter(self.val_stream)  # starts from the beginning of the val split every time
-        val_bpb = evaluate_bpb(self.model, val_batches, eval_steps, self.pipeline.token_bytes, self.stepper.autocast, self.accelerator)
+        val_bpb = evaluate_bpb(
+            self.model, val_batches, eval_steps, self.pipeline.token_bytes, self.stepper.autocast, self.accelerator, c.loss_chunk_tokens
+        )
         _close(val_batches)
         unwrapped = self.accelerator.unwrap_model(self.model)
         completions = sample_completions(unwrapped, self.pipeline.tokenizer, c.sample_prompts, c.sample_max_tokens, self.stepper.autocast, self.device)
