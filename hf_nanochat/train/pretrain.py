@@ -483,6 +483,7 @@ class PretrainRun:
         self.plan = plan_run(config, model, acc, precision, resume_from)
         self.config, self.grad_accum = self.plan.config, self.plan.grad_accum
         acc.print(self.plan.describe(), flush=True)
+        self._refuse_if_too_big()
 
         self.model, self.optimizer = self._prepare(model)
         self.stepper = LossScaledStep(acc, precision, init_scale=config.fp16_init_scale)
@@ -510,6 +511,21 @@ class PretrainRun:
         if resume and not existing:
             self.accelerator.print(f"--resume: no checkpoint in {self.output_dir}/checkpoints, starting from scratch")
         return existing[-1] if resume and existing else None
+
+    def _refuse_if_too_big(self) -> None:
+        """The step and the evaluation must fit what this device has (stage_plan), or nothing starts."""
+        from hf_nanochat.train.stage_plan import base_stage_peaks, device_budget, refuse_if_too_big
+
+        acc, mode = self.accelerator, self.plan.precision.mode
+        topology = {
+            "world_size": self.world, "fsdp": acc.distributed_type.value == "FSDP",
+            "activation_checkpointing": bool(acc.distributed_type.value == "FSDP" and acc.state.fsdp_plugin.activation_checkpointing),
+            "mixed_precision": None if mode == "fp32" else mode,
+        }
+        peaks = base_stage_peaks(self.config, self.plan.model_config, topology, on_gpu=self.device.type == "cuda")
+        budget = device_budget(self.device, acc.num_processes if self.device.type == "cpu" else 1)
+        where = f"base training (depth {self.config.depth}, device batch {self.config.device_batch_size}, {self.world} x {self.device.type})"
+        refuse_if_too_big(peaks, budget, where)
 
     def _prepare(self, model):
         c = self.config

@@ -269,6 +269,23 @@ def trainer_precision_args(precision: str, device: torch.device) -> dict[str, An
     return {"bf16": plan.mode == "bf16", "fp16": plan.mode == "fp16", "use_cpu": device.type == "cpu"}
 
 
+def refuse_if_stage_too_big(cfg: SFTStageConfig, model_config, device: torch.device, world_size: int, precision_args: dict) -> None:
+    """The planned peak of one step (hf_nanochat.train.stage_plan) must fit this device, or the
+    stage stops here, before tokenizing or training, naming the knob."""
+    from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
+    from hf_nanochat.train.stage_plan import chat_stage_peak, device_budget, refuse_if_too_big
+
+    if getattr(model_config, "model_type", None) != NanoChatGPTConfig.model_type:
+        return  # the planner knows nanochat's shapes only
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    mixed = "bf16" if precision_args["bf16"] else "fp16" if precision_args["fp16"] else None
+    topology = {"world_size": world_size, "fsdp": fsdp, "activation_checkpointing": False, "mixed_precision": mixed}
+    peak = chat_stage_peak(cfg, model_config, topology, on_gpu=device.type == "cuda")
+    print(f"{cfg.stage}: planned peak ~{peak.gib:.2f} GiB per device")
+    budget = device_budget(device, world_size if device.type == "cpu" else 1)
+    refuse_if_too_big([peak], budget, f"{cfg.stage} (device batch {cfg.per_device_train_batch_size} x {cfg.max_length}, packing {cfg.packing})")
+
+
 def _resolve_local(path_or_id: str) -> str:
     """Local folders become absolute paths, so the adapter config's base_model_name_or_path (and
     the merge that reads it) works from any working directory."""
@@ -301,6 +318,7 @@ def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_data
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     if len(tokenizer) > model.config.vocab_size:
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's vocabulary is {model.config.vocab_size}")
+    refuse_if_stage_too_big(cfg, model.config, device, world_size, precision_args)
 
     if train_dataset is None:
         train_dataset = build_mixture(cfg.train_data, seed=cfg.seed)
