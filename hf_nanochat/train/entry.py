@@ -5,11 +5,18 @@
 The recipe's `stage` decides the loop: `base` is pretraining (hf_nanochat/train/pretrain.py),
 `mid` and `sft` are the chat stages on TRL's SFTTrainer (hf_nanochat/train/sft.py). Everything
 after the stage choice (argument checking, overrides) belongs to that loop.
+
+Without `--config`, the base recipe is the one the speedrun runs on the hardware this process
+was launched for: `accelerate launch` exports the launch config's precision, FSDP flag, CPU flag
+and (through torchrun) world size, and the one accelerate_configs/*.yaml with that signature
+names the speedrun recipe (p100.yaml -> d12_p100.yaml). Anything else stops with the list.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -28,8 +35,61 @@ def recipe_stage(argv: list[str]) -> str:
         return (yaml.safe_load(f) or {}).get("stage", "base")
 
 
+def _signature(mixed_precision: str | None, fsdp: bool, world_size: int, cpu: bool) -> tuple:
+    return (mixed_precision if mixed_precision in ("fp16", "bf16") else "no", fsdp, world_size, cpu)
+
+
+def launch_signature(env: dict) -> tuple | None:
+    """What `accelerate launch` told this process about its launch config; None when it was not
+    started by accelerate (no ACCELERATE_MIXED_PRECISION)."""
+    if "ACCELERATE_MIXED_PRECISION" not in env:
+        return None
+    return _signature(env["ACCELERATE_MIXED_PRECISION"], env.get("ACCELERATE_USE_FSDP", "false").lower() == "true",
+                      int(env.get("WORLD_SIZE", "1")), env.get("ACCELERATE_USE_CPU", "false").lower() == "true")
+
+
+def config_signature(path: Path) -> tuple:
+    raw = yaml.safe_load(path.read_text()) or {}
+    return _signature(raw.get("mixed_precision"), raw.get("distributed_type") == "FSDP", int(raw.get("num_processes", 1)), bool(raw.get("use_cpu", False)))
+
+
+def _recipe_list() -> str:
+    from hf_nanochat.speedrun.recipes import RECIPES
+
+    return "\n".join(
+        f"  accelerate launch --config_file accelerate_configs/{r.launch_config} train.py --config train_configs/{r.base}   ({name}: {r.description})"
+        for name, r in RECIPES.items()
+    )
+
+
+def default_base_config(env: dict | None = None) -> tuple[Path, str]:
+    """(train config, why) for a run launched without --config; SystemExit listing the recipes
+    when the launch does not name exactly one."""
+    from hf_nanochat.speedrun.recipes import CONFIG_DIRS, RECIPES
+
+    env = os.environ if env is None else env
+    signature = launch_signature(env)
+    if signature is None:
+        raise SystemExit("train.py needs --config (a train_configs/*.yaml recipe) unless started by `accelerate launch "
+                         "--config_file accelerate_configs/X.yaml`, which picks X's recipe. The recipes:\n" + _recipe_list())
+    launch = [p.name for p in sorted(CONFIG_DIRS["launch"].glob("*.yaml")) if config_signature(p) == signature]
+    matches = {r.base: (name, r.launch_config) for name, r in RECIPES.items() if r.launch_config in launch}
+    precision, fsdp, world, cpu = signature
+    seen = f"{world} process{'es' if world > 1 else ''}, mixed precision {precision}" + (", FSDP" if fsdp else "") + (", CPU" if cpu else "")
+    if len(matches) != 1:
+        found = f"several recipes ({', '.join(sorted(matches))})" if matches else "no speedrun recipe"
+        raise SystemExit(f"train.py without --config: this launch ({seen}) matches {found}; pass --config. The recipes:\n" + _recipe_list())
+    base, (name, launch_config) = next(iter(matches.items()))
+    return CONFIG_DIRS["train"] / base, f"no --config: launched like accelerate_configs/{launch_config} ({seen}), so the speedrun {name!r} recipe train_configs/{base}"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    wants_help = any(a in ("-h", "--help") for a in argv)
+    if not wants_help and not any(a == "--config" or a.startswith("--config=") for a in argv):
+        config, why = default_base_config()
+        print(why, flush=True)
+        argv = ["--config", str(config), *argv]
     if recipe_stage(argv) in ("mid", "sft"):
         from hf_nanochat.train.sft import main as stage_main
     else:
