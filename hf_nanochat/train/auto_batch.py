@@ -10,7 +10,9 @@ activations alive); a later OOM is a real error and is raised.
 The training loop asks three things of this module: which device batch to start from
 (`starting_device_batch`), whether a step's out-of-memory is one to recover from
 (`OutOfMemoryGuard.watch`), and how to roll the step back (`OutOfMemoryGuard.roll_back`); it
-then rebuilds its data streams at the step's start position and redoes the step.
+then rebuilds its data streams at the step's start position and redoes the step. With several
+processes the ranks agree after every micro-batch of a probe step (`OutOfMemoryGuard.any_rank`),
+so all of them halve together and accumulation stays the same on every rank.
 """
 from __future__ import annotations
 
@@ -98,6 +100,14 @@ class OutOfMemoryGuard:
             return True
         return False
 
+    @staticmethod
+    def any_rank(failed: bool, device: torch.device) -> bool:
+        """Did any rank run out of memory in this micro-batch? A flag max-reduced across ranks,
+        so every rank takes the same branch (never one rolling back while another steps)."""
+        flag = torch.tensor(float(failed), device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
     def roll_back(self, optimizer, device: torch.device, step: int, device_batch_size: int, grad_accum: int, total_batch_size: int):
         """Drop the partial gradients, free the cache, halve the device batch.
         Returns (new device batch, new accumulation, the message to print)."""
@@ -112,4 +122,13 @@ class OutOfMemoryGuard:
         return new_batch, new_accum, message
 
 
-__all__ = ["PROBE_STEPS", "rows_per_step", "initial_device_batch", "halve", "starting_device_batch", "OutOfMemoryGuard"]
+def average_gradients(parameters, world_size: int) -> None:
+    """DDP's gradient sync by hand (sum across ranks, divide by world size), for the probe steps
+    whose backward ran under no_sync."""
+    for p in parameters:
+        if p.grad is not None:
+            torch.distributed.all_reduce(p.grad)
+            p.grad.div_(world_size)
+
+
+__all__ = ["average_gradients", "PROBE_STEPS", "rows_per_step", "initial_device_batch", "halve", "starting_device_batch", "OutOfMemoryGuard"]

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from hf_nanochat.train.memory import estimate_memory
 from hf_nanochat.train.optim import apply_schedule, build_optimizer, lr_multiplier, muon_momentum
-from hf_nanochat.train.auto_batch import PROBE_STEPS, OutOfMemoryGuard, starting_device_batch
+from hf_nanochat.train.auto_batch import PROBE_STEPS, OutOfMemoryGuard, average_gradients, starting_device_batch
 from hf_nanochat.train.sharding import describe_sharding, export_skeleton, fsdp_plugin
 from hf_nanochat.train.precision import LossScaledStep, PrecisionPlan, newton_schulz_dtype, resolve_precision
 from hf_nanochat.train.config import TrainConfig, config_to_yaml, load_config, parse_value
@@ -410,6 +410,11 @@ def plan_run(config: TrainConfig, model, accelerator, precision: PrecisionPlan, 
         return estimate_memory(model.config, device_batch, config.max_seq_len, **layout).total
 
     if config.device_batch_size == "auto":
+        if fsdp and world > 1:
+            # FSDP reduce-scatters inside backward: a rank that runs out of memory there would leave
+            # the others waiting, so the ranks could not roll back together.
+            raise ValueError("device_batch_size: auto is not supported under FSDP with several processes; set device_batch_size "
+                             "(`hf-nanochat memory --config ... --accelerate-config ... --gpu-memory 80GB` prints the largest that fits)")
         saved = _read_trainer_state(resume_from) if resume_from else {}
         chosen = starting_device_batch(config.total_batch_size, config.max_seq_len, world, device, peak_bytes, saved)
         accelerator.print(f"device_batch_size: auto -> {chosen} (halved on out-of-memory during the first {PROBE_STEPS} steps)")
@@ -612,16 +617,39 @@ class PretrainRun:
         return self._step_record(loss, lr_mult, grad_norm, applied, time.perf_counter() - t0)
 
     def _accumulate_gradients(self) -> torch.Tensor:
+        if self.world > 1 and self.auto_batch.probing(self.step):
+            return self._accumulate_gradients_agreeing_on_oom()
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(self.grad_accum):
-            x, y = _to_device(next(self.train_iter), self.device)
             # Gradients are all-reduced once per optimizer step, on the last micro-batch.
             sync = contextlib.nullcontext() if micro == self.grad_accum - 1 else self.accelerator.no_sync(self.model)
             with sync:
-                with self.stepper.autocast():
-                    loss = self.model(input_ids=x, shift_labels=y, loss_chunk_tokens=self.config.loss_chunk_tokens).loss
-                loss_sum += loss.detach()
-                self.stepper.backward(loss / self.grad_accum)
+                loss_sum += self._micro_batch()
+        return loss_sum
+
+    def _micro_batch(self) -> torch.Tensor:
+        x, y = _to_device(next(self.train_iter), self.device)
+        with self.stepper.autocast():
+            loss = self.model(input_ids=x, shift_labels=y, loss_chunk_tokens=self.config.loss_chunk_tokens).loss
+        self.stepper.backward(loss / self.grad_accum)
+        return loss.detach()
+
+    def _accumulate_gradients_agreeing_on_oom(self) -> torch.Tensor:
+        """A probe step of an `auto` run on several processes: after every micro-batch all ranks
+        agree whether one ran out of memory (auto_batch.any_rank), so they roll back together.
+        Backward runs without DDP's all-reduce (no rank may wait in it for one that failed);
+        the gradients are averaged once at the end instead, as DDP would have."""
+        loss_sum = torch.zeros((), device=self.device)
+        for _ in range(self.grad_accum):
+            failed = False
+            try:
+                with self.accelerator.no_sync(self.model):
+                    loss_sum += self._micro_batch()
+            except torch.OutOfMemoryError:
+                failed = True  # the frames holding the activations go with the except block
+            if self.auto_batch.any_rank(failed, self.device):
+                raise torch.OutOfMemoryError(f"out of memory on {'this' if failed else 'another'} rank at device batch {self.config.device_batch_size}")
+        average_gradients(self.model.parameters(), self.world)
         return loss_sum
 
     def _shrink_device_batch(self, train_position: dict) -> None:
