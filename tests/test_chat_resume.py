@@ -38,7 +38,7 @@ def test_the_speedrun_launches_every_training_stage_with_resume(tmp_path):
     stages = {s.name: s for s in build_stages(recipe, tmp_path, CONFIG_DIRS["launch"] / recipe.launch_config)}
     for name in ("base", "mid", "sft"):
         assert "--resume" in stages[name].command
-    assert "--per_device_train_batch_size=2" in stages["mid"].command  # the recipe's planned device batch
+    assert "--per_device_train_batch_size=4" in stages["mid"].command  # the recipe's planned device batch
     assert "--per_device_train_batch_size=4" in stages["sft"].command
 
 

@@ -46,11 +46,11 @@ RECIPES: dict[str, Recipe] = {
     "p100": Recipe(
         "d12 in fp16 on one 16 GB P100 (the seed guide's speedrun_p100.sh)",
         "p100.yaml", "d12_p100.yaml", "mid.yaml", "sft.yaml", gpu="P100", dollars_per_hour=1.5,
-        gpu_memory_gib=16, mid_device_batch=2, sft_device_batch=4,
+        gpu_memory_gib=16, mid_device_batch=4, sft_device_batch=4,
     ),
     "single_gpu": Recipe(
         "d20 (561M) in bf16 on one A100/H100 80 GB", "single_gpu.yaml", "d20.yaml", "mid.yaml", "sft.yaml",
-        gpu="H100", dollars_per_hour=3.0, gpu_memory_gib=80, mid_device_batch=8, sft_device_batch=16,
+        gpu="H100", dollars_per_hour=3.0, gpu_memory_gib=80, mid_device_batch=16, sft_device_batch=16,
     ),
     "h100x8": Recipe(
         "the d20 speedrun in bf16 on 8x H100 with DDP", "multi_gpu.yaml", "d20.yaml", "mid.yaml", "sft.yaml",
@@ -58,10 +58,10 @@ RECIPES: dict[str, Recipe] = {
     ),
     "3b": Recipe(
         "d38 (3.02B) in bf16 with FSDP on 8 GPUs (the seed guide's run3b.sh)", "fsdp.yaml", "3b.yaml", "mid.yaml",
-        "sft.yaml", gpu="H100", num_devices=8, dollars_per_hour=24.0, gpu_memory_gib=80, mid_device_batch=8, sft_device_batch=4,
+        "sft.yaml", gpu="H100", num_devices=8, dollars_per_hour=24.0, gpu_memory_gib=80, mid_device_batch=32, sft_device_batch=4,
     ),
     "7b": Recipe(
         "d52 (7.35B) in bf16 with FSDP on 8 GPUs (the seed guide's run7b.sh)", "fsdp.yaml", "7b.yaml", "mid.yaml",
-        "sft.yaml", gpu="H100", num_devices=8, dollars_per_hour=24.0, gpu_memory_gib=80, mid_device_batch=8, sft_device_batch=4,
+        "sft.yaml", gpu="H100", num_devices=8, dollars_per_hour=24.0, gpu_memory_gib=80, mid_device_batch=16, sft_device_batch=4,
     ),
 }

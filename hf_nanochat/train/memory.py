@@ -171,8 +171,9 @@ def attention_mask_bytes(config: NanoChatGPTConfig, rows: int, row_len: int, dty
     """What a chat step's explicit attention mask costs: transformers builds one boolean
     (rows, 1, L, L) mask, and SDPA turns it into an additive bias in the compute dtype that every
     layer saves for backward (on CPU the math kernel also keeps each layer's fp32 attention
-    probabilities and scores). TRL's padding-free packing makes ONE row of batch x max_length
-    tokens, so this is quadratic in the device batch."""
+    probabilities and scores). Linear in the rows, quadratic in their length: TRL's own
+    padding-free packing (ONE row of batch x max_length tokens) would make it quadratic in the
+    device batch, which is why the chat stages keep packed rows apart."""
     act_bytes = 2 if dtype != "fp32" else 4
     square = rows * row_len * row_len
     per_layer = square * act_bytes + (0 if on_gpu else 2 * 4 * config.num_attention_heads * square)
@@ -195,15 +196,18 @@ def estimate_chat_memory(
     """Peak bytes per device of one mid/SFT step through TRL's SFTTrainer: the base step's model
     state and activations for device_batch x max_length tokens (the worst case: full packed rows
     or a batch padded to max_length), TRL's chunked log-prob head instead of whole logits, and
-    the attention mask (counted with the activations; see attention_mask_bytes)."""
+    the attention mask (counted with the activations; see attention_mask_bytes). `packing`
+    changes nothing: packed rows are rows."""
     tokens = device_batch_size * max_length
     base = estimate_memory(
         config, device_batch_size, max_length, dtype=dtype, world_size=world_size, fsdp=fsdp,
         activation_checkpointing=activation_checkpointing, optimizer=optimizer, on_gpu=on_gpu,
         loss_chunk_tokens=TRL_LOGPROB_CHUNK_TOKENS,
     )
-    rows, row_len = (1, tokens) if packing else (device_batch_size, max_length)  # padding-free packing: one row
-    mask = attention_mask_bytes(config, rows, row_len, dtype, on_gpu)
+    # Packed or not, a device batch is B rows of at most max_length tokens (packing keeps its rows
+    # apart: hf_nanochat.train.sft.PackedRowsCollator), each with its own (L, L) mask.
+    del packing, tokens
+    mask = attention_mask_bytes(config, device_batch_size, max_length, dtype, on_gpu)
     return MemoryEstimate(base.weights, base.gradients, base.optimizer, base.activations + mask, base.logits, base.reserve)
 
 

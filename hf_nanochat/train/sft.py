@@ -249,6 +249,32 @@ def _device_for_precision() -> torch.device:
     return PartialState().device
 
 
+class PackedRowsCollator:
+    """Packed rows stay rows: a device batch of B packed rows is B rows, each with position_ids
+    that restart at every document and no attention_mask, so the model builds a (B, 1, L, L)
+    per-document causal mask (transformers' find_packed_sequence_indices works per row).
+
+    TRL's bfd packing is always padding-free, which concatenates the batch into ONE row of B x L
+    tokens: its dense block-diagonal mask (and SDPA's per-layer bias) is (B x L)^2, quadratic in
+    the device batch. TRL refuses a custom collator with padding-free because FlashAttention
+    would read a padding attention_mask instead of position_ids; this collator passes no
+    attention_mask, so it is set on the trainer after construction. The labels are TRL's own
+    collator's (assistant tokens only); as in TRL's padding-free path, the first token of each
+    document is not a target of the document before it."""
+
+    def __init__(self, pad_token_id: int):
+        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+        self.pad_token_id = pad_token_id
+        self._rows = DataCollatorForLanguageModeling(pad_token_id=pad_token_id, padding_free=False, return_position_ids=True)
+
+    def __call__(self, examples: list[dict]) -> dict:
+        batch = self._rows(examples)
+        batch.pop("attention_mask")  # padding gets position 0 each: one-token documents, labels -100
+        batch["labels"][batch["position_ids"] == 0] = -100
+        return batch
+
+
 def _world_size() -> int:
     from accelerate import PartialState
 
@@ -374,6 +400,8 @@ def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_data
         processing_class=tokenizer,
         optimizers=(optimizer, None),
     )
+    if cfg.packing:
+        trainer.data_collator = PackedRowsCollator(trainer.data_collator.pad_token_id)
     # The schedule's horizon depends on how many packed rows TRL made; Trainer computes it the
     # same way when training starts (create_scheduler keeps a scheduler that is already set).
     num_steps = trainer.set_initial_training_values(args, trainer.get_train_dataloader())[-1]
@@ -431,4 +459,4 @@ def main(argv: list[str] | None = None) -> int:
     metrics = run_sft_stage(SFTStageConfig.from_dict(raw))
     print(f"{metrics['stage']}: done, {metrics['global_step']} steps, train loss {metrics['train_loss']:.4f} -> {raw['output_dir']}")
     return 0
-__all__ = ["LoraSection", "NanochatSchedule", "SFTStageConfig", "accumulation_steps", "build_stage_optimizer", "describe_batch", "main", "run_sft_stage", "tokenize_conversations"]
+__all__ = ["LoraSection", "NanochatSchedule", "PackedRowsCollator", "SFTStageConfig", "accumulation_steps", "build_stage_optimizer", "describe_batch", "main", "run_sft_stage", "tokenize_conversations"]
