@@ -229,6 +229,28 @@ def build_stage_optimizer(model, cfg: SFTStageConfig, device: torch.device) -> t
     )
 
 
+def nanochat_trainer_class(base, cfg: SFTStageConfig, device: torch.device):
+    """`base` (TRL's SFTTrainer) building nanochat's optimizer and schedule at the moment Trainer
+    builds its own, on `self.model` as Trainer holds it then, instead of taking an optimizer
+    instance: Trainer refuses `optimizers=` under FSDP, and one built before sharding would step
+    tensors that are no longer the model's. Under FSDP2 Trainer creates it before
+    `accelerator.prepare`, which moves it onto the sharded parameters (as pretraining does)."""
+
+    class NanochatTrainer(base):
+        def create_optimizer(self, model=None):
+            if self.optimizer is None:
+                self.optimizer = build_stage_optimizer(self.model if model is None else model, cfg, device)
+            return self.optimizer
+
+        def create_scheduler(self, num_training_steps: int, optimizer=None):
+            if self.lr_scheduler is None:
+                self.lr_scheduler = NanochatSchedule(optimizer or self.optimizer, num_training_steps, cfg.warmdown_ratio)
+                self._created_lr_scheduler = True
+            return self.lr_scheduler
+
+    return NanochatTrainer
+
+
 def lora_config(section: LoraSection):
     from peft import LoraConfig
 
@@ -363,8 +385,6 @@ def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_data
 
         model = get_peft_model(model, lora_config(cfg.peft))
         model.print_trainable_parameters()
-    optimizer = build_stage_optimizer(model, cfg, device)
-
     out = Path(cfg.output_dir)
     args = SFTConfig(
         output_dir=str(out / "checkpoints"),
@@ -392,20 +412,18 @@ def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_data
         report_to=[],
         **precision_args,
     )
-    trainer = SFTTrainer(
+    trainer = nanochat_trainer_class(SFTTrainer, cfg, device)(
         model=model,
         args=args,
         train_dataset=train_tok,
         eval_dataset=eval_tok,
         processing_class=tokenizer,
-        optimizers=(optimizer, None),
     )
     if cfg.packing:
         trainer.data_collator = PackedRowsCollator(trainer.data_collator.pad_token_id)
-    # The schedule's horizon depends on how many packed rows TRL made; Trainer computes it the
-    # same way when training starts (create_scheduler keeps a scheduler that is already set).
+    # The schedule's horizon depends on how many packed rows TRL made; Trainer passes the same
+    # number to create_scheduler when training starts.
     num_steps = trainer.set_initial_training_values(args, trainer.get_train_dataloader())[-1]
-    trainer.lr_scheduler = NanochatSchedule(optimizer, num_steps, cfg.warmdown_ratio)
     print(f"{cfg.stage}: {num_steps} optimizer steps, optimizer {'lora-adamw' if cfg.peft else cfg.optimizer}")
 
     last = _latest_checkpoint(Path(args.output_dir)) if cfg.resume else None
@@ -459,4 +477,4 @@ def main(argv: list[str] | None = None) -> int:
     metrics = run_sft_stage(SFTStageConfig.from_dict(raw))
     print(f"{metrics['stage']}: done, {metrics['global_step']} steps, train loss {metrics['train_loss']:.4f} -> {raw['output_dir']}")
     return 0
-__all__ = ["LoraSection", "NanochatSchedule", "PackedRowsCollator", "SFTStageConfig", "accumulation_steps", "build_stage_optimizer", "describe_batch", "main", "run_sft_stage", "tokenize_conversations"]
+__all__ = ["LoraSection", "NanochatSchedule", "PackedRowsCollator", "SFTStageConfig", "accumulation_steps", "build_stage_optimizer", "describe_batch", "nanochat_trainer_class", "main", "run_sft_stage", "tokenize_conversations"]
