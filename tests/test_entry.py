@@ -22,7 +22,6 @@ def test_the_launch_config_names_the_recipe(env, recipe, launch):
 
 
 @pytest.mark.parametrize("env,message", [
-    ({}, "train.py needs --config"),  # plain `python train.py`
     (_env("bf16", world=8, fsdp=True), r"matches several recipes \(3b.yaml, 7b.yaml\); pass --config"),
     (_env("no", world=2), "matches no speedrun recipe; pass --config"),  # cpu_ddp.yaml: no speedrun recipe uses it
 ])
@@ -30,6 +29,10 @@ def test_anything_else_stops_with_the_list_of_recipes(env, message):
     with pytest.raises(SystemExit, match=message) as err:
         entry.default_base_config(env)
     assert "accelerate launch --config_file accelerate_configs/p100.yaml train.py --config train_configs/d12_p100.yaml" in str(err.value)
+
+
+def test_plain_python_keeps_the_defaults_and_overrides():
+    assert entry.default_base_config({}) is None  # `python train.py --depth=2 ...` as before
 
 
 def test_main_runs_the_picked_recipe_and_says_so(monkeypatch, capsys):

@@ -9,7 +9,8 @@ after the stage choice (argument checking, overrides) belongs to that loop.
 Without `--config`, the base recipe is the one the speedrun runs on the hardware this process
 was launched for: `accelerate launch` exports the launch config's precision, FSDP flag, CPU flag
 and (through torchrun) world size, and the one accelerate_configs/*.yaml with that signature
-names the speedrun recipe (p100.yaml -> d12_p100.yaml). Anything else stops with the list.
+names the speedrun recipe (p100.yaml -> d12_p100.yaml); several or none stop with the list.
+Plain `python train.py --key=value ...` keeps TrainConfig's defaults plus the overrides.
 """
 from __future__ import annotations
 
@@ -62,16 +63,17 @@ def _recipe_list() -> str:
     )
 
 
-def default_base_config(env: dict | None = None) -> tuple[Path, str]:
-    """(train config, why) for a run launched without --config; SystemExit listing the recipes
-    when the launch does not name exactly one."""
+def default_base_config(env: dict | None = None) -> tuple[Path, str] | None:
+    """(train config, why) for a run launched by `accelerate launch` without --config; SystemExit
+    listing the recipes when the launch does not name exactly one. None when not started by
+    accelerate: plain `python train.py --key=value ...` trains TrainConfig's defaults with the
+    overrides (and, like every run, is refused when its memory plan does not fit the device)."""
     from hf_nanochat.speedrun.recipes import CONFIG_DIRS, RECIPES
 
     env = os.environ if env is None else env
     signature = launch_signature(env)
     if signature is None:
-        raise SystemExit("train.py needs --config (a train_configs/*.yaml recipe) unless started by `accelerate launch "
-                         "--config_file accelerate_configs/X.yaml`, which picks X's recipe. The recipes:\n" + _recipe_list())
+        return None
     launch = [p.name for p in sorted(CONFIG_DIRS["launch"].glob("*.yaml")) if config_signature(p) == signature]
     matches = {r.base: (name, r.launch_config) for name, r in RECIPES.items() if r.launch_config in launch}
     precision, fsdp, world, cpu = signature
@@ -87,9 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     wants_help = any(a in ("-h", "--help") for a in argv)
     if not wants_help and not any(a == "--config" or a.startswith("--config=") for a in argv):
-        config, why = default_base_config()
-        print(why, flush=True)
-        argv = ["--config", str(config), *argv]
+        picked = default_base_config()
+        if picked is not None:
+            config, why = picked
+            print(why, flush=True)
+            argv = ["--config", str(config), *argv]
     if recipe_stage(argv) in ("mid", "sft"):
         from hf_nanochat.train.sft import main as stage_main
     else:
