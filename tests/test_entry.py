@@ -35,6 +35,15 @@ def test_plain_python_keeps_the_defaults_and_overrides():
     assert entry.default_base_config({}) is None  # `python train.py --depth=2 ...` as before
 
 
+def test_overrides_without_config_compose_a_run_from_the_defaults(monkeypatch):
+    seen = []
+    monkeypatch.setattr("os.environ", {**_env("no", world=2)})  # would match no recipe
+    import hf_nanochat.train.pretrain as pretrain
+
+    monkeypatch.setattr(pretrain, "main", lambda argv: seen.append(argv) or 0)
+    assert entry.main(["--depth=2", "--output_dir=runs/x"]) == 0 and seen == [["--depth=2", "--output_dir=runs/x"]]
+
+
 def test_main_runs_the_picked_recipe_and_says_so(monkeypatch, capsys):
     seen = []
     monkeypatch.setattr("os.environ", {**_env("fp16")})

@@ -6,11 +6,11 @@ The recipe's `stage` decides the loop: `base` is pretraining (hf_nanochat/train/
 `mid` and `sft` are the chat stages on TRL's SFTTrainer (hf_nanochat/train/sft.py). Everything
 after the stage choice (argument checking, overrides) belongs to that loop.
 
-Without `--config`, the base recipe is the one the speedrun runs on the hardware this process
+Without `--config` (and without other overrides than --output_dir/--resume), the base recipe is the one the speedrun runs on the hardware this process
 was launched for: `accelerate launch` exports the launch config's precision, FSDP flag, CPU flag
 and (through torchrun) world size, and the one accelerate_configs/*.yaml with that signature
 names the speedrun recipe (p100.yaml -> d12_p100.yaml); several or none stop with the list.
-Plain `python train.py --key=value ...` keeps TrainConfig's defaults plus the overrides.
+`train.py --key=value ...` without --config keeps TrainConfig's defaults plus the overrides.
 """
 from __future__ import annotations
 
@@ -87,8 +87,10 @@ def default_base_config(env: dict | None = None) -> tuple[Path, str] | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    wants_help = any(a in ("-h", "--help") for a in argv)
-    if not wants_help and not any(a == "--config" or a.startswith("--config=") for a in argv):
+    # Only a bare launch picks a recipe: `--key=value` overrides without --config compose a run
+    # from TrainConfig's defaults, as they always have (the FSDP and kill-9 tests launch that way).
+    options = {a.split("=")[0] for a in argv if a.startswith("-")}
+    if not options - {"--resume", "--output_dir"}:
         picked = default_base_config()
         if picked is not None:
             config, why = picked
