@@ -83,3 +83,57 @@ def test_oom_after_the_first_steps_is_raised(tmp_path, monkeypatch):
     monkeypatch.setattr(NanoChatGPTForCausalLM, "forward", oom_on_step_3)
     with pytest.raises(torch.OutOfMemoryError):
         train(config_from_dict(tiny_overrides(*data, device_batch_size="auto", num_iterations=4, output_dir=str(tmp_path / "late"))))
+
+
+ONLY_RANK_1_OOMS = """
+import os, sys, torch
+import hf_nanochat.train.pretrain as P
+from hf_nanochat.modeling.modeling_nanochat_gpt import NanoChatGPTForCausalLM
+real = NanoChatGPTForCausalLM.forward
+def forward(self, input_ids=None, **kwargs):
+    if os.environ.get("RANK") == "1" and self.training and input_ids is not None and input_ids.shape[0] > 2:
+        raise torch.OutOfMemoryError("simulated: rank 1 fits 2 rows")
+    return real(self, input_ids=input_ids, **kwargs)
+NanoChatGPTForCausalLM.forward = forward
+sys.exit(P.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_two_ranks_agree_when_only_one_runs_out_of_memory(tmp_path):
+    """Rank 1 alone runs out of memory above 2 rows: both ranks halve together (8 -> 4 -> 2 rows,
+    accumulation 1 -> 2 -> 4 on both) and the run equals a 2-process run at device batch 2."""
+    import os
+    import socket
+    import subprocess
+
+    repo = Path(__file__).resolve().parent.parent
+    corpus = make_corpus(tmp_path / "corpus", train_docs=800, val_docs=60)
+    tok = make_tokenizer(tmp_path / "tok", corpus)
+    script = tmp_path / "rank1_ooms.py"
+    script.write_text(ONLY_RANK_1_OOMS)
+
+    def launch(out, batch):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        over = tiny_overrides(corpus, tok, device_batch_size=batch, num_iterations=3, total_batch_size=512, output_dir=str(out))
+        args = [f"--{k}={v}" for k, v in over.items() if k != "sample_prompts"] + ["--sample_prompts=The red cat"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(repo / "accelerate_configs/cpu_ddp.yaml"),
+               "--main_process_port", str(port), str(script), *args]
+        done = subprocess.run(cmd, env=env, cwd=repo, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout + done.stderr
+
+    fixed_log = launch(tmp_path / "fixed", 2)
+    auto_log = launch(tmp_path / "auto", "auto")
+    assert "device_batch_size: auto -> 8" in auto_log  # 512 tokens / (32 x 2 ranks)
+    assert "device batch 8 -> 4, gradient accumulation 1 -> 2" in auto_log
+    assert "device batch 4 -> 2, gradient accumulation 2 -> 4" in auto_log
+    assert "grad-accumulation" in fixed_log
+    state = json.loads((tmp_path / "auto/checkpoints/step_000003/state/trainer_state.json").read_text())
+    assert state["device_batch_size"] == 2 and state["world_size"] == 2
+    a = [json.loads(line)["loss"] for line in (tmp_path / "auto/metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(line)["loss"] for line in (tmp_path / "fixed/metrics.jsonl").read_text().splitlines()]
+    assert len(a) == 3 and a == pytest.approx(b, abs=1e-5)

@@ -179,6 +179,38 @@ def test_evaluate_bpb_is_nanochats_definition():
     assert got == pytest.approx(nats / (math.log(2) * n_bytes), rel=1e-5)
 
 
+
+@pytest.mark.parametrize("chunk", [5, 16, 1000])  # not dividing the 16 tokens of a batch, one row, more than a batch
+def test_evaluate_bpb_chunked_is_the_same_number(chunk):
+    """With the training step's loss_chunk_tokens, evaluation takes the chunked loss path (no
+    whole-batch logits) and gets the same bits per byte."""
+    torch.manual_seed(0)
+    accelerator = Accelerator(cpu=True)
+    model = NanoChatGPTForCausalLM(NanoChatGPTConfig.from_depth(1, vocab_size=50, max_position_embeddings=16))
+    model.lm_head.weight.data.normal_()
+    token_bytes = torch.randint(1, 5, (50,))
+    token_bytes[0] = 0
+    batches = [(torch.randint(0, 50, (2, 8)), torch.randint(0, 50, (2, 8))) for _ in range(3)]
+    batches[0][1][0, :3] = 0
+    batches[1][1][1, 2] = -100
+    batches[2][1][:] = 0  # a batch with no bytes at all contributes nothing
+    full = evaluate_bpb(model, iter(batches), 3, token_bytes, torch.no_grad, accelerator)
+    calls = []
+    real_forward = NanoChatGPTForCausalLM.forward
+
+    def spy(self, *args, **kwargs):
+        out = real_forward(self, *args, **kwargs)
+        calls.append(out.logits)
+        return out
+
+    NanoChatGPTForCausalLM.forward = spy
+    try:
+        chunked = evaluate_bpb(model, iter(batches), 3, token_bytes, torch.no_grad, accelerator, loss_chunk_tokens=chunk)
+    finally:
+        NanoChatGPTForCausalLM.forward = real_forward
+    assert chunked == pytest.approx(full, rel=1e-6)
+    assert len(calls) == 3 and all(logits is None for logits in calls)  # the chunked path never returned whole logits
+
 def _cli(data, out: Path, extra: list[str]) -> list[str]:
     args = [f"--{k}={v}" for k, v in reference_overrides(data, out).items() if k != "sample_prompts"]
     return args + ["--sample_prompts=The red cat"] + extra

@@ -77,14 +77,59 @@ def build_stages(recipe: Recipe, out: Path, launch_config: Path, with_rl: bool =
         # CORE shares its examples over the recipe's processes; results land in the model folder.
         Stage("core_eval", _launched(launch_config, "eval", str(base / "model"), *core_eval),
               base / "model" / "core_eval.json"),
-        Stage("mid", _launched(launch_config, "train", "--config", str(train_dir / recipe.mid),
-                               f"--model={base / 'model'}", f"--output_dir={mid}"), mid / "config.json", True),
+        Stage("mid", _launched(launch_config, "train", "--config", str(train_dir / recipe.mid), "--resume",
+                               f"--model={base / 'model'}", f"--output_dir={mid}", *_device_batch(recipe.mid_device_batch)),
+              mid / "config.json", True),
         Stage("mid_eval", _cli("eval", str(mid), *eval_chat, "--out", str(out / "eval_mid.json")), out / "eval_mid.json"),
-        Stage("sft", _launched(launch_config, "train", "--config", str(train_dir / recipe.sft),
-                               f"--model={mid}", f"--output_dir={sft}"), sft / "config.json", True),
+        Stage("sft", _launched(launch_config, "train", "--config", str(train_dir / recipe.sft), "--resume",
+                               f"--model={mid}", f"--output_dir={sft}", *_device_batch(recipe.sft_device_batch)),
+              sft / "config.json", True),
         Stage("sft_eval", _cli("eval", str(sft), *eval_chat, "--out", str(out / "eval_sft.json")), out / "eval_sft.json"),
         *rl,
     ]
+
+
+def _device_batch(batch: int | None) -> list[str]:
+    return [f"--per_device_train_batch_size={batch}"] if batch else []
+
+
+def chat_stage_config(recipe: Recipe, stage: str):
+    """The mid/SFT recipe as this hardware runs it (the recipe's device batch applied)."""
+    import dataclasses
+
+    from hf_nanochat.train.sft import SFTStageConfig
+
+    cfg = SFTStageConfig.from_yaml(CONFIG_DIRS["train"] / (recipe.mid if stage == "mid" else recipe.sft))
+    batch = recipe.mid_device_batch if stage == "mid" else recipe.sft_device_batch
+    return dataclasses.replace(cfg, per_device_train_batch_size=batch) if batch else cfg
+
+
+def stage_peaks(recipe: Recipe, launch_config: Path) -> list:
+    """The planned per-device peak of every stage the speedrun runs (hf_nanochat.train.stage_plan)."""
+    from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
+    from hf_nanochat.train.memory_cli import launch_topology
+    from hf_nanochat.train.sft import accumulation_steps
+    from hf_nanochat.train.stage_plan import base_eval_peak, base_stage_peaks, chat_eval_peak, chat_stage_peak, compute_dtype
+
+    cfg = load_train_config(recipe.base)
+    topology = launch_topology(str(launch_config))
+    on_gpu = recipe.gpu is not None
+    model = NanoChatGPTConfig.from_depth(cfg.depth, vocab_size=recipe.tokenizer_vocab_size, max_position_embeddings=cfg.max_seq_len,
+                                         num_key_value_heads=cfg.num_kv_heads)
+    dtype = compute_dtype(cfg.precision, topology["mixed_precision"])
+    peaks = base_stage_peaks(cfg, model, topology, on_gpu) + [base_eval_peak(model, cfg.max_seq_len, dtype, on_gpu)]
+    for stage in ("mid", "sft"):
+        chat = chat_stage_config(recipe, stage)
+        accumulation_steps(chat, topology["world_size"])  # a device batch that does not divide the target fails here
+        peaks.append(chat_stage_peak(chat, model, topology, on_gpu))
+    return peaks + [chat_eval_peak(model, dtype, on_gpu)]
+
+
+def memory_budget(recipe: Recipe) -> int:
+    """Declared memory per device, else what this machine has (a CPU recipe: its RAM)."""
+    from hf_nanochat.train.stage_plan import device_budget
+
+    return int(recipe.gpu_memory_gib * 2**30) if recipe.gpu_memory_gib else device_budget("cpu", recipe.num_devices)
 
 
 def load_train_config(name: str):
@@ -119,18 +164,19 @@ def plan(recipe: Recipe, name: str, launch_config: Path) -> dict:
     import torch
 
     from hf_nanochat.info import model_shape
-    from hf_nanochat.train.memory import estimate_memory
     from hf_nanochat.train.memory_cli import recipe_memory
+    from hf_nanochat.train.stage_plan import misfits
     from hf_nanochat.train.pretrain import PEAK_FLOPS, resolve_horizon
 
     cfg = load_train_config(recipe.base)
-    model, batch, memory_kwargs = recipe_memory(cfg, str(launch_config), on_gpu=recipe.gpu is not None)
+    model, _, memory_kwargs = recipe_memory(cfg, str(launch_config), on_gpu=recipe.gpu is not None)
     shape = model_shape(cfg.depth, vocab_size=model.vocab_size, seq_len=cfg.max_seq_len)
     steps, horizon = resolve_horizon(cfg, shape["params"], shape["flops_per_token"])
     tokens = steps * cfg.total_batch_size
     flops = shape["flops_per_token"] * tokens
     rate = PEAK_FLOPS[recipe.gpu] * GPU_MFU_ASSUMED * recipe.num_devices if recipe.gpu else CPU_FLOPS_ASSUMED
-    memory = estimate_memory(model, batch, cfg.max_seq_len, **memory_kwargs)
+    peaks = stage_peaks(recipe, launch_config)
+    budget = memory_budget(recipe)
     dtype = memory_kwargs["dtype"]
     hours = flops / rate / 3600
     return {
@@ -138,7 +184,9 @@ def plan(recipe: Recipe, name: str, launch_config: Path) -> dict:
         "depth": cfg.depth, "params": shape["params"], "steps": steps, "horizon": horizon,
         "tokens": tokens, "tokens_per_param": tokens / shape["params"], "flops": flops,
         "estimated_hours_base": hours, "estimated_cost_base": hours * recipe.dollars_per_hour,
-        "memory_per_device_gib": memory.total / 2**30, "dtype": dtype, "gpu": recipe.gpu,
+        "memory_per_device_gib": peaks[0].gib, "dtype": dtype, "gpu": recipe.gpu,
+        "stage_memory_gib": {p.stage: round(p.gib, 2) for p in peaks}, "memory_budget_gib": budget / 2**30,
+        "memory_misfits": misfits(peaks, budget),
         "torch": torch.__version__,
     }
 
@@ -158,6 +206,9 @@ def format_plan(p: dict, stages: list[Stage]) -> str:
         f"  estimated base pretraining time: {_duration(p['estimated_hours_base'])} at {speed}"
         + (f", ~${p['estimated_cost_base']:,.0f}" if p["estimated_cost_base"] else ""),
         f"  estimated memory per device: {p['memory_per_device_gib']:.2f} GiB (hf-nanochat memory for details)",
+        f"  planned peak per device by stage (budget {p['memory_budget_gib']:.1f} GiB): "
+        + ", ".join(f"{stage} {gib:.2f}" for stage, gib in p["stage_memory_gib"].items()) + " GiB",
+        *(f"  does NOT fit: {line}" for line in p["memory_misfits"]),
         f"  launch config: {p['launch_config']}",
     ])
 
@@ -236,6 +287,10 @@ def speedrun(name: str, out: Path, launch_config: str | None = None, dry_run: bo
     stages = build_stages(recipe, out, launch.resolve(), with_rl)
     p = plan(recipe, name, launch)
     print(format_plan(p, stages), flush=True)
+    if p["memory_misfits"]:
+        # Refused before the tokenizer: a stage that cannot fit would fail only after the stages before it.
+        raise SystemExit(f"speedrun {name}: refusing to start, the memory plan says a stage would run out of memory:\n  "
+                         + "\n  ".join(p["memory_misfits"]))
     if dry_run:
         return 0
     from hf_nanochat.train.run_lock import folder_lock

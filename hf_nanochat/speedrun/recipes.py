@@ -32,6 +32,12 @@ class Recipe:
     gpu: str | None = None  # name for the time estimate (peak FLOP/s table); None: CPU
     num_devices: int = 1
     dollars_per_hour: float = 0.0  # whole machine
+    gpu_memory_gib: float | None = None  # declared memory per device; None: what the device has (CPU: RAM)
+    # per_device_train_batch_size of the chat stages on this hardware: the largest that divides
+    # the stage's target (tokens/conversations per step) and fits gpu_memory_gib by the planner
+    # (hf_nanochat.train.stage_plan; tests/test_stage_plan.py checks each is the planner's pick).
+    mid_device_batch: int | None = None  # None: the mid recipe's own
+    sft_device_batch: int | None = None
 
 
 RECIPES: dict[str, Recipe] = {
@@ -47,21 +53,22 @@ RECIPES: dict[str, Recipe] = {
         "d12 in fp16 on one 16 GB P100 (the seed guide's speedrun_p100.sh)",
         "p100.yaml", "d12_p100.yaml", "mid.yaml", "sft.yaml", gpu="P100", dollars_per_hour=1.5,
         core_max_per_task=500,  # full CORE is ~3.5 h on a P100 (FLOPs estimate); 500/task (nanochat's -x) ~1/8 of it
+        gpu_memory_gib=16, mid_device_batch=4, sft_device_batch=4,
     ),
     "single_gpu": Recipe(
         "d20 (561M) in bf16 on one A100/H100 80 GB", "single_gpu.yaml", "d20.yaml", "mid.yaml", "sft.yaml",
-        gpu="H100", dollars_per_hour=3.0,
+        gpu="H100", dollars_per_hour=3.0, gpu_memory_gib=80, mid_device_batch=16, sft_device_batch=16,
     ),
     "h100x8": Recipe(
         "the d20 speedrun in bf16 on 8x H100 with DDP", "multi_gpu.yaml", "d20.yaml", "mid.yaml", "sft.yaml",
-        gpu="H100", num_devices=8, dollars_per_hour=24.0,
+        gpu="H100", num_devices=8, dollars_per_hour=24.0, gpu_memory_gib=80, mid_device_batch=8, sft_device_batch=4,
     ),
     "3b": Recipe(
         "d38 (3.02B) in bf16 with FSDP on 8 GPUs (the seed guide's run3b.sh)", "fsdp.yaml", "3b.yaml", "mid.yaml",
-        "sft.yaml", gpu="H100", num_devices=8, dollars_per_hour=24.0,
+        "sft.yaml", gpu="H100", num_devices=8, dollars_per_hour=24.0, gpu_memory_gib=80, mid_device_batch=32, sft_device_batch=4,
     ),
     "7b": Recipe(
         "d52 (7.35B) in bf16 with FSDP on 8 GPUs (the seed guide's run7b.sh)", "fsdp.yaml", "7b.yaml", "mid.yaml",
-        "sft.yaml", gpu="H100", num_devices=8, dollars_per_hour=24.0,
+        "sft.yaml", gpu="H100", num_devices=8, dollars_per_hour=24.0, gpu_memory_gib=80, mid_device_batch=16, sft_device_batch=4,
     ),
 }

@@ -158,6 +158,109 @@ def estimate_memory(
     )
 
 
+# Evaluation (bits per byte) in the middle of training, under torch.no_grad: the optimizer state
+# stays, gradients were freed by zero_grad(set_to_none=True) (DDP keeps its buckets), no graph is
+# kept (one block's intermediates at a time) and the logits are the head output, its fp32 soft-cap
+# and the log-softmax of the cross-entropy: 3 vocabulary-sized fp32 buffers per token, for the
+# whole batch or for one chunk (`loss_chunk_tokens`, hf_nanochat.train.pretrain.evaluate_bpb).
+EVAL_LOGIT_BUFFERS = 3
+# TRL's SFTTrainer replaces the model's loss with its fused LM head (trl/trainer/utils.py
+# add_fused_lm_head, _CHUNKED_LOGPROB_CHUNK_SIZE = 32768 in TRL 1.16): log-probabilities are
+# computed this many tokens at a time, so a chat step holds one such chunk of logits.
+TRL_LOGPROB_CHUNK_TOKENS = 32768
+
+
+def _model_state(config: NanoChatGPTConfig, dtype: str, world_size: int, fsdp: bool, optimizer: str) -> tuple[int, int, int]:
+    """(weights, gradients, optimizer state) bytes per device, as estimate_memory counts them."""
+    est = estimate_memory(config, 1, 1, dtype=dtype, world_size=world_size, fsdp=fsdp, optimizer=optimizer, on_gpu=False)
+    return est.weights, est.gradients, est.optimizer
+
+
+def estimate_eval_memory(
+    config: NanoChatGPTConfig,
+    device_batch_size: int,
+    seq_len: int,
+    *,
+    dtype: str = "fp32",
+    world_size: int = 1,
+    fsdp: bool = False,
+    optimizer: str = "muon",
+    on_gpu: bool = True,
+    loss_chunk_tokens: int = 0,
+    during_training: bool = True,
+) -> MemoryEstimate:
+    """Peak bytes per device of evaluate_bpb during training (see EVAL_LOGIT_BUFFERS), or with
+    `during_training=False` of `hf-nanochat eval --kind base` (the model alone, in the compute dtype)."""
+    weights, _, opt = _model_state(config, dtype, world_size, fsdp, optimizer)
+    total, _, _ = parameter_groups(config)
+    gradients = 4 * total if world_size > 1 and not fsdp else 0  # DDP buckets outlive zero_grad
+    if not during_training:
+        weights, gradients, opt = total * (2 if dtype != "fp32" else 4), 0, 0
+    act_bytes = 2 if dtype != "fp32" else 4
+    tokens = device_batch_size * seq_len
+    activations = ACTIVATION_WIDTHS_PER_LAYER * config.hidden_size * act_bytes * tokens  # one block at a time
+    logit_tokens = min(tokens, loss_chunk_tokens) if loss_chunk_tokens > 0 else tokens
+    logits = EVAL_LOGIT_BUFFERS * 4 * config.vocab_size * logit_tokens
+    return MemoryEstimate(weights, gradients, opt, int(activations), int(logits), CUDA_RESERVE_BYTES if on_gpu else 0)
+
+
+def attention_mask_bytes(config: NanoChatGPTConfig, rows: int, row_len: int, dtype: str, on_gpu: bool) -> int:
+    """What a chat step's explicit attention mask costs: transformers builds one boolean
+    (rows, 1, L, L) mask, and SDPA turns it into an additive bias in the compute dtype that every
+    layer saves for backward (on CPU the math kernel also keeps each layer's fp32 attention
+    probabilities and scores). Linear in the rows, quadratic in their length: TRL's own
+    padding-free packing (ONE row of batch x max_length tokens) would make it quadratic in the
+    device batch, which is why the chat stages keep packed rows apart."""
+    act_bytes = 2 if dtype != "fp32" else 4
+    square = rows * row_len * row_len
+    per_layer = square * act_bytes + (0 if on_gpu else 2 * 4 * config.num_attention_heads * square)
+    return square + config.num_hidden_layers * per_layer
+
+
+def estimate_chat_memory(
+    config: NanoChatGPTConfig,
+    device_batch_size: int,
+    max_length: int,
+    *,
+    packing: bool,
+    dtype: str = "fp32",
+    world_size: int = 1,
+    fsdp: bool = False,
+    activation_checkpointing: bool = False,
+    optimizer: str = "muon",
+    on_gpu: bool = True,
+) -> MemoryEstimate:
+    """Peak bytes per device of one mid/SFT step through TRL's SFTTrainer: the base step's model
+    state and activations for device_batch x max_length tokens (the worst case: full packed rows
+    or a batch padded to max_length), TRL's chunked log-prob head instead of whole logits, and
+    the attention mask (counted with the activations; see attention_mask_bytes). `packing`
+    changes nothing: packed rows are rows."""
+    tokens = device_batch_size * max_length
+    base = estimate_memory(
+        config, device_batch_size, max_length, dtype=dtype, world_size=world_size, fsdp=fsdp,
+        activation_checkpointing=activation_checkpointing, optimizer=optimizer, on_gpu=on_gpu,
+        loss_chunk_tokens=TRL_LOGPROB_CHUNK_TOKENS,
+    )
+    # Packed or not, a device batch is B rows of at most max_length tokens (packing keeps its rows
+    # apart: hf_nanochat.train.sft.PackedRowsCollator), each with its own (L, L) mask.
+    del packing, tokens
+    mask = attention_mask_bytes(config, device_batch_size, max_length, dtype, on_gpu)
+    return MemoryEstimate(base.weights, base.gradients, base.optimizer, base.activations + mask, base.logits, base.reserve)
+
+
+def estimate_chat_eval_memory(config: NanoChatGPTConfig, batch_size: int, max_tokens: int, *, dtype: str = "fp32", on_gpu: bool = True) -> MemoryEstimate:
+    """`hf-nanochat eval --kind chat` (hf_nanochat.evaluate.chat_eval): the model loaded in the
+    compute dtype, a no-grad forward of `batch_size` prompts padded to at most `max_tokens` with
+    their fp32 logits and soft-cap (multiple choice), and a generation's KV cache."""
+    total, _, _ = parameter_groups(config)
+    act_bytes = 2 if dtype != "fp32" else 4
+    tokens = batch_size * max_tokens
+    activations = ACTIVATION_WIDTHS_PER_LAYER * config.hidden_size * act_bytes * tokens
+    kv_cache = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * max_tokens * act_bytes
+    logits = 2 * 4 * config.vocab_size * tokens
+    return MemoryEstimate(total * act_bytes, 0, 0, int(activations + kv_cache), int(logits), CUDA_RESERVE_BYTES if on_gpu else 0)
+
+
 def largest_device_batch(config: NanoChatGPTConfig, seq_len: int, budget_bytes: int, **kwargs) -> int:
     """Largest device batch whose estimate fits the budget (0 if not even batch 1 fits)."""
     if estimate_memory(config, 1, seq_len, **kwargs).total > budget_bytes:

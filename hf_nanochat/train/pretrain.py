@@ -34,19 +34,19 @@ import torch
 import torch.nn.functional as F
 
 from hf_nanochat.data.provenance import copy_stage_record
+from hf_nanochat.model_folder import match_permissions
+from hf_nanochat.train.auto_batch import PROBE_STEPS, OutOfMemoryGuard, average_gradients, starting_device_batch
+from hf_nanochat.train.checkpoints import newest_complete, pretrain_checkpoint_problems
+from hf_nanochat.train.config import TrainConfig, config_to_yaml, load_config, parse_value
 from hf_nanochat.train.memory import estimate_memory
 from hf_nanochat.train.optim import apply_schedule, build_optimizer, lr_multiplier, muon_momentum
 from hf_nanochat.train.optim_2026 import apply_schedule_2026, build_muon_adamw_2026, polar_express_dtype
+from hf_nanochat.train.precision import LossScaledStep, PrecisionPlan, newton_schulz_dtype, resolve_precision
 from hf_nanochat.train.recipe_2026 import (
     REF_DEPTH, derive_recipe, format_recipe, lr_multiplier_2026, model_scaling_params, muon_momentum_2026, weight_decay_multiplier,
 )
-from hf_nanochat.train.auto_batch import PROBE_STEPS, halve, initial_device_batch
-from hf_nanochat.train.sharding import describe_sharding, export_skeleton, fsdp_plugin
-from hf_nanochat.train.precision import LossScaledStep, PrecisionPlan, newton_schulz_dtype, resolve_precision
-from hf_nanochat.train.config import TrainConfig, config_to_yaml, load_config, parse_value
-from hf_nanochat.train.checkpoints import newest_complete, pretrain_checkpoint_problems
 from hf_nanochat.train.run_lock import run_lock
-from hf_nanochat.model_folder import match_permissions
+from hf_nanochat.train.sharding import describe_sharding, export_skeleton, fsdp_plugin
 
 CHECKPOINT_PREFIX = "step_"
 TMP_PREFIX = ".tmp_"
@@ -176,10 +176,14 @@ def _human(n: float, unit: str = "") -> str:
 
 
 @torch.no_grad()
-def evaluate_bpb(model, batches: Iterator, steps: int, token_bytes: torch.Tensor, autocast, accelerator) -> float:
+def evaluate_bpb(model, batches: Iterator, steps: int, token_bytes: torch.Tensor, autocast, accelerator, loss_chunk_tokens: int = 0) -> float:
     """nanochat's bits per byte: sum of per-token nats / (ln 2 * sum of the target tokens'
     UTF-8 byte lengths). Special tokens have 0 bytes and are left out of both sums, so the
-    number does not depend on the vocabulary (unlike the loss)."""
+    number does not depend on the vocabulary (unlike the loss).
+
+    With `loss_chunk_tokens` (the training step's setting) the nats come from the model's
+    chunked loss, so evaluation never holds whole-batch logits either: targets without bytes
+    are set to -100 and `num_items_in_batch=1` turns the loss into the sum of the rest."""
     was_training = model.training
     model.eval()
     token_bytes = token_bytes.to(accelerator.device)
@@ -190,13 +194,16 @@ def evaluate_bpb(model, batches: Iterator, steps: int, token_bytes: torch.Tensor
         if batch is None:  # the val split is shorter than eval_tokens: use all of it
             break
         x, y = batch[0].to(accelerator.device), batch[1].to(accelerator.device)
-        with autocast():
-            logits = model(input_ids=x).logits
-        y = y.reshape(-1)
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y, ignore_index=-100, reduction="none")
-        valid = y >= 0
-        bytes_per_token = torch.where(valid, token_bytes[y.clamp(min=0)], 0)
-        nats += (loss * (bytes_per_token > 0)).sum().double()
+        bytes_per_token = torch.where(y >= 0, token_bytes[y.clamp(min=0)], 0)
+        if loss_chunk_tokens:
+            counted = torch.where(bytes_per_token > 0, y, -100)
+            with autocast():
+                nats += model(input_ids=x, shift_labels=counted, loss_chunk_tokens=loss_chunk_tokens, num_items_in_batch=1).loss.double()
+        else:
+            with autocast():
+                logits = model(input_ids=x).logits
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), ignore_index=-100, reduction="none")
+            nats += (loss * (bytes_per_token.reshape(-1) > 0)).sum().double()
         n_bytes += bytes_per_token.sum().double()
     nats = accelerator.reduce(nats, "sum")
     n_bytes = accelerator.reduce(n_bytes, "sum")
@@ -357,7 +364,155 @@ class Checkpointer:
 
 
 # ----------------------------------------------------------------------------------------------
-# The training run
+# Build: the accelerator, the model and the plan printed before step 1
+
+
+def make_accelerator(config: TrainConfig):
+    """The Accelerator for this run and the precision it runs in."""
+    from accelerate import Accelerator, PartialState
+    from accelerate.utils import GradScalerKwargs, parse_flag_from_env
+
+    # The device decides the precision, which Accelerator() needs: ask PartialState first, with
+    # the CPU flag Accelerator() itself would read (without it gloo ranks start as world size 1).
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    precision = resolve_precision(config.precision, state.device, os.environ.get("ACCELERATE_MIXED_PRECISION"))
+    accelerator = Accelerator(
+        mixed_precision=precision.accelerate_mixed_precision,
+        log_with=config.log_with or None,
+        project_dir=str(config.output_dir),
+        kwargs_handlers=[GradScalerKwargs(init_scale=config.fp16_init_scale)],
+        fsdp_plugin=fsdp_plugin(precision.mode),  # None unless launched with an FSDP config
+    )
+    return accelerator, precision
+
+
+def derive_2026_recipe(config: TrainConfig, model) -> tuple[TrainConfig, list[str]]:
+    """`recipe: nanochat-2026`: batch, horizon, LRs and decay derived from the model's size as
+    nanochat master's base_train.py does (recipe_2026); the lines say where each number came from."""
+    if config.recipe != "nanochat-2026":
+        return config, []
+    from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
+    from hf_nanochat.modeling.modeling_nanochat_gpt import NanoChatGPTForCausalLM
+
+    # nanochat base_train.py: the d12 reference is the same model class at depth 12, on meta.
+    with torch.device("meta"):
+        reference = NanoChatGPTForCausalLM(NanoChatGPTConfig.from_depth(
+            REF_DEPTH, vocab_size=model.config.vocab_size, max_position_embeddings=config.max_seq_len))
+    derived = derive_recipe(model_scaling_params(model), model_scaling_params(reference), {k: getattr(config, k) for k in config.recipe_fixed})
+    config = dataclasses.replace(config, **{k: d.value for k, d in derived.items() if not k.startswith("_")}).validate()
+    return config, format_recipe(derived)
+
+
+def build_model(config: TrainConfig, tokenizer):
+    """A freshly initialised model of the recipe's depth (call set_seed first: same weights on every rank)."""
+    from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
+    from hf_nanochat.modeling.modeling_nanochat_gpt import NanoChatGPTForCausalLM
+
+    model_config = NanoChatGPTConfig.from_depth(
+        config.depth,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=config.max_seq_len,
+        num_key_value_heads=config.num_kv_heads,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return NanoChatGPTForCausalLM(model_config)
+
+
+@dataclass
+class RunPlan:
+    """Everything decided before step 1; `describe()` is what base_train prints."""
+
+    config: TrainConfig  # with device_batch_size resolved (`auto` -> a number)
+    model_config: object
+    num_params: int
+    flops_per_token: int
+    num_iterations: int
+    horizon_why: str
+    grad_accum: int
+    ns_dtype: torch.dtype
+    memory: dict
+    precision: PrecisionPlan
+    world_size: int
+    device: torch.device
+
+    def describe(self) -> str:
+        c, m, world = self.config, self.model_config, self.world_size
+        total_tokens = self.num_iterations * c.total_batch_size
+        ns = str(self.ns_dtype).removeprefix("torch.")
+        return "\n".join([
+            f"model      depth {c.depth}: width {m.hidden_size}, {_count(m.num_attention_heads, 'head')} "
+            f"({m.num_key_value_heads} kv) x {m.head_dim}, vocab {m.vocab_size}, "
+            f"context {c.max_seq_len}; {self.num_params:,} params ({_human(self.num_params)})",
+            f"precision  {self.precision.mode}: {self.precision.reason}",
+            f"devices    world size {world} on {self.device.type}; device batch {c.device_batch_size} x {c.max_seq_len} tokens",
+            f"batch      {c.total_batch_size:,} tokens/step = {c.device_batch_size} x {c.max_seq_len} x {world} x "
+            f"{self.grad_accum} grad-accumulation steps",
+            f"horizon    {self.num_iterations:,} steps (from {self.horizon_why}) -> {total_tokens:,} tokens ({_human(total_tokens)}), "
+            f"tokens:params {total_tokens / self.num_params:.1f}",
+            f"compute    {self.flops_per_token:.3e} FLOPs/token -> {self.flops_per_token * total_tokens:.3e} FLOPs total",
+            f"optimizer  {c.optimizer}"
+            + (f" (Muon on block matrices, Newton-Schulz in {ns}; AdamW on wte/lm_head)" if c.optimizer == "muon" else "")
+            + (
+                f" (NorMuon + Polar Express in {ns} on block matrices, cautious wd {c.weight_decay:.4g} "
+                f"{c.weight_decay_schedule}; AdamW on lm_head/wte/value_embeds/scalars)"
+                if c.optimizer == "muon_adamw_2026" else ""
+            ),
+            f"memory     ~{_human(self.memory['total'], 'B')} per device (hf_nanochat.train.memory estimate: "
+            + ", ".join(f"{k} {_human(v, 'B')}" for k, v in self.memory.items() if k != "total")
+            + ")"
+            + (f"; loss in chunks of {c.loss_chunk_tokens:,} tokens" if c.loss_chunk_tokens else ""),
+        ])
+
+
+def plan_run(config: TrainConfig, model, accelerator, precision: PrecisionPlan, resume_from: Path | None) -> RunPlan:
+    """Horizon, device batch (`auto` resolved), accumulation, FLOPs and the memory estimate."""
+    device, world = accelerator.device, accelerator.num_processes
+    num_params = sum(p.numel() for p in model.parameters())
+    flops_per_token = model.num_flops_per_token()
+    num_iterations, horizon_why = resolve_horizon(config, num_params, flops_per_token)
+    fsdp = accelerator.distributed_type.value == "FSDP"
+    layout = dict(
+        dtype=precision.mode, world_size=world, fsdp=fsdp, optimizer=config.optimizer, on_gpu=device.type == "cuda",
+        loss_chunk_tokens=config.loss_chunk_tokens,
+        activation_checkpointing=bool(fsdp and accelerator.state.fsdp_plugin.activation_checkpointing),
+    )
+
+    def peak_bytes(device_batch: int) -> int:
+        return estimate_memory(model.config, device_batch, config.max_seq_len, **layout).total
+
+    if config.device_batch_size == "auto":
+        if fsdp and world > 1:
+            # FSDP reduce-scatters inside backward: a rank that runs out of memory there would leave
+            # the others waiting, so the ranks could not roll back together.
+            raise ValueError("device_batch_size: auto is not supported under FSDP with several processes; set device_batch_size "
+                             "(`hf-nanochat memory --config ... --accelerate-config ... --gpu-memory 80GB` prints the largest that fits)")
+        saved = _read_trainer_state(resume_from) if resume_from else {}
+        chosen = starting_device_batch(config.total_batch_size, config.max_seq_len, world, device, peak_bytes, saved)
+        accelerator.print(f"device_batch_size: auto -> {chosen} (halved on out-of-memory during the first {PROBE_STEPS} steps)")
+        config = dataclasses.replace(config, device_batch_size=chosen)
+    return RunPlan(
+        config=config,
+        model_config=model.config,
+        num_params=num_params,
+        flops_per_token=flops_per_token,
+        num_iterations=num_iterations,
+        horizon_why=horizon_why,
+        grad_accum=grad_accumulation_steps(config.total_batch_size, config.device_batch_size, config.max_seq_len, world),
+        ns_dtype={
+            "auto": polar_express_dtype(precision.mode) if config.optimizer == "muon_adamw_2026" else newton_schulz_dtype(device),
+            "bf16": torch.bfloat16, "fp32": torch.float32,
+        }[config.ns_dtype],
+        memory=estimate_memory(model.config, config.device_batch_size, config.max_seq_len, **layout).as_dict(),
+        precision=precision,
+        world_size=world,
+        device=device,
+    )
+
+
+def _read_trainer_state(checkpoint: Path) -> dict:
+    return json.loads((checkpoint / "state" / "trainer_state.json").read_text())
 
 
 def _to_device(batch, device):
@@ -373,309 +528,337 @@ def _truncate_log(path: Path, last_step: int) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
+def _close(iterator) -> None:
+    if hasattr(iterator, "close"):
+        iterator.close()  # stops a stream's prefetch thread
+
+
+def _due(step: int, every: int) -> bool:
+    return every > 0 and step % every == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# The run: built once, then stepped by train()'s loop
+
+
+class PretrainRun:
+    """One base-training run's state: accelerator, model, optimizer, streams, step and logs.
+
+    The constructor builds (nanochat base_train's top half); `train_step`, `evaluate_and_sample`,
+    `log` and `save` are the loop's parts; `finish` publishes the final model."""
+
+    def __init__(self, config: TrainConfig, pipeline: DataPipeline | None, resume: bool):
+        from accelerate.utils import set_seed
+
+        self.accelerator, precision = make_accelerator(config)
+        acc = self.accelerator
+        self.device, self.world, self.rank = acc.device, acc.num_processes, acc.process_index
+        self.output_dir = Path(config.output_dir)
+        self.metrics_path, self.samples_path = self.output_dir / "metrics.jsonl", self.output_dir / "samples.jsonl"
+        self.checkpointer = Checkpointer(acc, self.output_dir, config.keep_checkpoints)
+        resume_from = self._checkpoint_to_resume(resume)
+
+        self.pipeline = pipeline or default_pipeline(config, acc)
+        set_seed(config.seed)  # same initial weights on every rank
+        model = build_model(config, self.pipeline.tokenizer)
+        config, recipe_lines = derive_2026_recipe(config, model)
+        self.plan = plan_run(config, model, acc, precision, resume_from)
+        self.config, self.grad_accum = self.plan.config, self.plan.grad_accum
+        acc.print("\n".join(recipe_lines + [self.plan.describe()]), flush=True)
+        self._refuse_if_too_big()
+
+        self.model, self.optimizer = self._prepare(model)
+        self.stepper = LossScaledStep(acc, precision, init_scale=config.fp16_init_scale)
+        self._open_streams(self.config.device_batch_size)
+        self.step, self.last_checkpoint, self.record = 0, None, {}
+        if resume_from is not None:
+            self._restore(resume_from)
+        self._start_outputs()
+        self.auto_batch = OutOfMemoryGuard(enabled=config.device_batch_size == "auto", first_step=self.step)
+        self.peak_flops = peak_flops_per_device(self.config, self.device, precision.mode)
+        self.train_iter = iter(self.train_stream)
+        self.progress = self._progress_bar()
+        self.model.train()
+
+    @property
+    def num_iterations(self) -> int:
+        return self.plan.num_iterations
+
+    # --- build -------------------------------------------------------------------------------
+
+    def _checkpoint_to_resume(self, resume: bool) -> Path | None:
+        existing = list_checkpoints(self.output_dir)
+        if resume and existing:  # the newest complete one; damaged newer ones are named and moved aside
+            existing = newest_complete(existing, pretrain_checkpoint_problems, self.accelerator.print,
+                                       move_damaged=self.accelerator.is_main_process)
+        if existing and not resume:
+            raise FileExistsError(f"{self.output_dir} already has checkpoints ({existing[-1].name}); pass --resume or use another --output_dir")
+        if resume and not existing:
+            self.accelerator.print(f"--resume: no checkpoint in {self.output_dir}/checkpoints, starting from scratch")
+        return existing[-1] if resume and existing else None
+
+    def _refuse_if_too_big(self) -> None:
+        """The step and the evaluation must fit what this device has (stage_plan), or nothing starts."""
+        from hf_nanochat.train.stage_plan import base_stage_peaks, device_budget, refuse_if_too_big
+
+        acc, mode = self.accelerator, self.plan.precision.mode
+        topology = {
+            "world_size": self.world, "fsdp": acc.distributed_type.value == "FSDP",
+            "activation_checkpointing": bool(acc.distributed_type.value == "FSDP" and acc.state.fsdp_plugin.activation_checkpointing),
+            "mixed_precision": None if mode == "fp32" else mode,
+        }
+        peaks = base_stage_peaks(self.config, self.plan.model_config, topology, on_gpu=self.device.type == "cuda")
+        budget = device_budget(self.device, acc.num_processes if self.device.type == "cpu" else 1)
+        where = f"base training (depth {self.config.depth}, device batch {self.config.device_batch_size}, {self.world} x {self.device.type})"
+        refuse_if_too_big(peaks, budget, where)
+
+    def _prepare(self, model):
+        c = self.config
+        optimizer = build_muon_adamw_2026(
+            model, matrix_lr=c.matrix_lr, embedding_lr=c.embedding_lr, unembedding_lr=c.unembedding_lr, scalar_lr=c.scalar_lr,
+            weight_decay=c.weight_decay, momentum=c.muon_momentum_start, ns_steps=c.ns_steps, ns_dtype=self.plan.ns_dtype,
+        ) if c.optimizer == "muon_adamw_2026" else build_optimizer(
+            model,
+            c.optimizer,
+            matrix_lr=c.matrix_lr,
+            embedding_lr=c.embedding_lr,
+            unembedding_lr=c.unembedding_lr,
+            adamw_matrix_lr=c.adamw_matrix_lr,
+            weight_decay=c.weight_decay,
+            ns_steps=c.ns_steps,
+            ns_dtype=self.plan.ns_dtype,
+        )
+        if c.compile:
+            model = torch.compile(model)
+        model, optimizer = self.accelerator.prepare(model, optimizer)
+        if self.accelerator.distributed_type.value == "FSDP":
+            print(describe_sharding(model, self.rank, self.world), flush=True)  # every rank: what it holds
+        return model, optimizer
+
+    def _open_streams(self, device_batch: int, train_position: dict | None = None) -> None:
+        make = self.pipeline.make_stream
+        self.train_stream = make("train", self.rank, self.world, device_batch, self.config.max_seq_len)
+        if train_position is not None:
+            self.train_stream.load_state_dict(train_position)
+        self.val_stream = make("val", self.rank, self.world, device_batch, self.config.max_seq_len)
+
+    def _restore(self, checkpoint: Path) -> None:
+        acc = self.accelerator
+        self.checkpointer.clean_partial()
+        acc.load_state(str(checkpoint / "state"))
+        trainer_state = _read_trainer_state(checkpoint)
+        self.step = trainer_state["step"]
+        self.stepper.skipped_steps = trainer_state["skipped_steps"]
+        if trainer_state["world_size"] == self.world:
+            self.train_stream.load_state_dict(json.loads((checkpoint / "state" / f"data_rank{self.rank}.json").read_text()))
+        else:
+            # Weights and optimizer state are re-sharded on load (DCP / full state dicts); a data
+            # stream's position belongs to its rank's slice of the documents and has no meaning
+            # for another split of them.
+            acc.print(
+                f"resuming on {self.world} processes from a checkpoint saved by {trainer_state['world_size']}: model, optimizer, "
+                "step and schedules continue exactly; the data streams are re-split and restart at the beginning of the train split"
+            )
+        acc.print(f"resumed from {checkpoint} at step {self.step}")
+        self.last_checkpoint = checkpoint
+
+    def _start_outputs(self) -> None:
+        if self.accelerator.is_main_process:  # rows of steps after the checkpoint (or of a run with none) are redone
+            _truncate_log(self.metrics_path, self.step)
+            _truncate_log(self.samples_path, self.step)
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "train_config.yaml").write_text(config_to_yaml(self.config))
+        if self.config.log_with:
+            self.accelerator.init_trackers(self.config.run_name, config=dataclasses.asdict(self.config))
+
+    def _progress_bar(self):
+        from hf_nanochat.train.progress import progress_bar  # a bar on a terminal, lines in a log
+
+        return progress_bar(total=self.num_iterations, initial=self.step, disable=not self.accelerator.is_local_main_process, desc="pretrain", dynamic_ncols=True)
+
+    # --- the loop's parts --------------------------------------------------------------------
+
+    def train_step(self) -> dict | None:
+        """One optimizer step over `grad_accum` micro-batches; its metrics record, or None when
+        `auto` halved the device batch after an out-of-memory and the step must be redone."""
+        t0 = time.perf_counter()
+        c = self.config
+        position = self.train_stream.state_dict() if self.auto_batch.probing(self.step) else None
+        lr_mult, momentum, wd_mult = schedules_at(c, self.step, self.num_iterations)
+        if c.optimizer == "muon_adamw_2026":
+            apply_schedule_2026(self.optimizer, lr_mult, momentum, wd_mult)
+        else:
+            apply_schedule(self.optimizer, self.step, lr_mult, momentum)
+        with self.auto_batch.watch(self.step, c.device_batch_size) as oom:
+            loss_sum = self._accumulate_gradients()
+        if oom.hit:
+            self._shrink_device_batch(position)
+            return None
+        grad_norm, applied = self.stepper.clip_and_step(self.optimizer, self.model.parameters(), c.grad_clip)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        loss = self.accelerator.reduce(loss_sum / self.grad_accum, "mean").item()  # also syncs the device
+        return self._step_record(loss, lr_mult, grad_norm, applied, time.perf_counter() - t0)
+
+    def _accumulate_gradients(self) -> torch.Tensor:
+        if self.world > 1 and self.auto_batch.probing(self.step):
+            return self._accumulate_gradients_agreeing_on_oom()
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(self.grad_accum):
+            # Gradients are all-reduced once per optimizer step, on the last micro-batch.
+            sync = contextlib.nullcontext() if micro == self.grad_accum - 1 else self.accelerator.no_sync(self.model)
+            with sync:
+                loss_sum += self._micro_batch()
+        return loss_sum
+
+    def _micro_batch(self) -> torch.Tensor:
+        x, y = _to_device(next(self.train_iter), self.device)
+        with self.stepper.autocast():
+            loss = self.model(input_ids=x, shift_labels=y, loss_chunk_tokens=self.config.loss_chunk_tokens).loss
+        self.stepper.backward(loss / self.grad_accum)
+        return loss.detach()
+
+    def _accumulate_gradients_agreeing_on_oom(self) -> torch.Tensor:
+        """A probe step of an `auto` run on several processes: after every micro-batch all ranks
+        agree whether one ran out of memory (auto_batch.any_rank), so they roll back together.
+        Backward runs without DDP's all-reduce (no rank may wait in it for one that failed);
+        the gradients are averaged once at the end instead, as DDP would have."""
+        loss_sum = torch.zeros((), device=self.device)
+        for _ in range(self.grad_accum):
+            failed = False
+            try:
+                with self.accelerator.no_sync(self.model):
+                    loss_sum += self._micro_batch()
+            except torch.OutOfMemoryError:
+                failed = True  # the frames holding the activations go with the except block
+            if self.auto_batch.any_rank(failed, self.device):
+                raise torch.OutOfMemoryError(f"out of memory on {'this' if failed else 'another'} rank at device batch {self.config.device_batch_size}")
+        average_gradients(self.model.parameters(), self.world)
+        return loss_sum
+
+    def _shrink_device_batch(self, train_position: dict) -> None:
+        """auto_batch's roll-back, then new streams: the step is redone from the same data."""
+        c = self.config
+        new_batch, self.grad_accum, message = self.auto_batch.roll_back(
+            self.optimizer, self.device, self.step, c.device_batch_size, self.grad_accum, c.total_batch_size
+        )
+        self.config = dataclasses.replace(c, device_batch_size=new_batch)
+        _close(self.train_iter)
+        self._open_streams(new_batch, train_position)
+        self.train_iter = iter(self.train_stream)
+        if self.accelerator.is_local_main_process:
+            self.progress.write(message)
+
+    def _step_record(self, loss: float, lr_mult: float, grad_norm: float, applied: bool, dt: float) -> dict:
+        c = self.config
+        tokens_per_s = c.total_batch_size / dt
+        record = {
+            "step": self.step,
+            "loss": loss,
+            "lr": self.optimizer.param_groups[-1]["lr"],
+            "lr_mult": lr_mult,
+            "grad_norm": grad_norm,
+            "tokens_per_s": tokens_per_s,
+            "mfu": self.plan.flops_per_token * tokens_per_s / (self.peak_flops * self.world) if self.peak_flops else None,
+            "tokens": self.step * c.total_batch_size,
+            "dt": dt,
+        }
+        if hasattr(self.train_stream, "dropped_fraction"):  # best-fit packing: share of read tokens cropped away
+            record["data_dropped_frac"] = self.train_stream.dropped_fraction
+        if self.plan.precision.mode == "fp16":
+            record.update(loss_scale=self.stepper.loss_scale(), skipped=not applied, skipped_steps=self.stepper.skipped_steps)
+        if self.device.type == "cuda":
+            record["max_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
+        return record
+
+    def evaluate_and_sample(self) -> dict:
+        """Validation bits per byte, then greedy samples of the recipe's prompts (written to samples.jsonl)."""
+        c = self.config
+        eval_steps = max(1, c.eval_tokens // (c.device_batch_size * c.max_seq_len * self.world))
+        val_batches = iter(self.val_stream)  # starts from the beginning of the val split every time
+        val_bpb = evaluate_bpb(
+            self.model, val_batches, eval_steps, self.pipeline.token_bytes, self.stepper.autocast, self.accelerator, c.loss_chunk_tokens
+        )
+        _close(val_batches)
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        completions = sample_completions(unwrapped, self.pipeline.tokenizer, c.sample_prompts, c.sample_max_tokens, self.stepper.autocast, self.device)
+        if self.accelerator.is_main_process:
+            with open(self.samples_path, "a") as f:
+                for prompt, completion in zip(c.sample_prompts, completions):
+                    f.write(json.dumps({"step": self.step, "prompt": prompt, "completion": completion}) + "\n")
+            self.progress.write(f"step {self.step}: val bpb {val_bpb:.4f}")
+            for prompt, completion in zip(c.sample_prompts, completions):
+                self.progress.write(f"  {prompt!r} -> {completion!r}")
+        return {"val_bpb": val_bpb}
+
+    def log(self, record: dict) -> None:
+        """metrics.jsonl (every step), the trackers and the progress bar."""
+        self.record = record
+        if self.accelerator.is_main_process:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if self.config.log_with:
+            self.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=self.step)
+        if self.step % self.config.log_every == 0 or self.step == self.num_iterations:
+            tokens_per_s = record["tokens_per_s"]
+            self.progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr_mult']:.2f}x", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+            self.progress.update(self.step - self.progress.n)
+
+    def save(self, record: dict) -> None:
+        trainer_state = {
+            "step": self.step,
+            "num_iterations": self.num_iterations,
+            "skipped_steps": self.stepper.skipped_steps,
+            "world_size": self.world,
+            "device_batch_size": self.config.device_batch_size,
+            "tokens": self.step * self.config.total_batch_size,
+            "loss": record["loss"],
+            "val_bpb": record.get("val_bpb"),
+        }
+        self.last_checkpoint = self.checkpointer.save(self.step, self.model, self.pipeline.tokenizer, trainer_state, self.train_stream)
+
+    def finish(self) -> dict:
+        """Close the streams, publish output_dir/model, return (and print) the summary."""
+        self.progress.close()
+        _close(self.train_iter)
+        final_model = self.checkpointer.publish_final_model(self.last_checkpoint) if self.last_checkpoint is not None else None
+        if self.config.log_with:
+            self.accelerator.end_training()
+        summary = {
+            "steps": self.step,
+            "loss": self.record.get("loss"),
+            "val_bpb": self.record.get("val_bpb"),
+            "skipped_steps": self.stepper.skipped_steps,
+            "world_size": self.world,
+            "model_dir": str(final_model) if final_model else None,
+            "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
+        }
+        self.accelerator.print(json.dumps(summary))
+        return summary
+
+
 def train(config: TrainConfig, pipeline: DataPipeline | None = None, resume: bool = False) -> dict:
-    """Run base pretraining; returns a summary (steps, final loss/bpb, skipped steps, paths)."""
+    """Run base pretraining; returns a summary (steps, final loss/bpb, skipped steps, paths).
+
+    nanochat's scripts/base_train.py in outline: build and plan, then per optimizer step: step,
+    evaluate and sample (every eval_every and at the end), log, save (every save_every and at the end)."""
     if config.stage != "base":
         raise NotImplementedError(
             f"stage {config.stage!r} (mid-training / SFT) is trained with TRL by hf_nanochat.sft.run_sft_stage; "
             "train.py dispatches recipes with stage: mid|sft there (train_configs/mid.yaml, sft.yaml)"
         )
-
-    from accelerate import Accelerator, PartialState
-    from accelerate.utils import GradScalerKwargs, parse_flag_from_env, set_seed
-    from hf_nanochat.train.progress import progress_bar  # a bar on a terminal, lines in a log
-
-    from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
-    from hf_nanochat.modeling.modeling_nanochat_gpt import NanoChatGPTForCausalLM
-
-    output_dir = Path(config.output_dir)
-    # The device decides the precision, which Accelerator() needs: ask PartialState first, with
-    # the CPU flag Accelerator() itself would read (without it gloo ranks start as world size 1).
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-    plan: PrecisionPlan = resolve_precision(config.precision, state.device, os.environ.get("ACCELERATE_MIXED_PRECISION"))
-    accelerator = Accelerator(
-        mixed_precision=plan.accelerate_mixed_precision,
-        log_with=config.log_with or None,
-        project_dir=str(output_dir),
-        kwargs_handlers=[GradScalerKwargs(init_scale=config.fp16_init_scale)],
-        fsdp_plugin=fsdp_plugin(plan.mode),  # None unless launched with an FSDP config
-    )
-    device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
-    checkpointer = Checkpointer(accelerator, output_dir, config.keep_checkpoints)
-    existing = list_checkpoints(output_dir)
-    if resume and existing:  # the newest complete one; damaged newer ones are named and moved aside
-        existing = newest_complete(existing, pretrain_checkpoint_problems, accelerator.print, move_damaged=accelerator.is_main_process)
-    if existing and not resume:
-        raise FileExistsError(f"{output_dir} already has checkpoints ({existing[-1].name}); pass --resume or use another --output_dir")
-    if resume and not existing:
-        accelerator.print(f"--resume: no checkpoint in {output_dir}/checkpoints, starting from scratch")
-
-    pipeline = pipeline or default_pipeline(config, accelerator)
-    tokenizer = pipeline.tokenizer
-    set_seed(config.seed)  # same initial weights on every rank
-    model_config = NanoChatGPTConfig.from_depth(
-        config.depth,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=config.max_seq_len,
-        num_key_value_heads=config.num_kv_heads,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model = NanoChatGPTForCausalLM(model_config)
-    recipe_lines: list[str] = []
-    if config.recipe == "nanochat-2026":
-        # nanochat base_train.py: the d12 reference is the same model class at depth 12, on meta.
-        with torch.device("meta"):
-            reference = NanoChatGPTForCausalLM(NanoChatGPTConfig.from_depth(REF_DEPTH, vocab_size=len(tokenizer), max_position_embeddings=config.max_seq_len))
-        derived = derive_recipe(model_scaling_params(model), model_scaling_params(reference), {k: getattr(config, k) for k in config.recipe_fixed})
-        config = dataclasses.replace(config, **{k: d.value for k, d in derived.items() if not k.startswith("_")}).validate()
-        recipe_lines = format_recipe(derived)
-    num_params = sum(p.numel() for p in model.parameters())
-    flops_per_token = model.num_flops_per_token()
-    num_iterations, horizon_why = resolve_horizon(config, num_params, flops_per_token)
-    fsdp = accelerator.distributed_type.value == "FSDP"
-    memory_layout = dict(
-        dtype=plan.mode, world_size=world, fsdp=fsdp, optimizer=config.optimizer, on_gpu=device.type == "cuda",
-        loss_chunk_tokens=config.loss_chunk_tokens,
-        activation_checkpointing=bool(fsdp and accelerator.state.fsdp_plugin.activation_checkpointing),
-    )
-    auto_batch = config.device_batch_size == "auto"
-    if auto_batch:
-        saved = json.loads((existing[-1] / "state" / "trainer_state.json").read_text()) if resume and existing else {}
-        if saved.get("world_size") == world and saved.get("device_batch_size"):
-            chosen = saved["device_batch_size"]  # what the interrupted run settled on
-        else:
-            budget = torch.cuda.mem_get_info(device)[1] if device.type == "cuda" else None
-            fits = (lambda b: estimate_memory(model_config, b, config.max_seq_len, **memory_layout).total <= budget) if budget else None
-            chosen = initial_device_batch(config.total_batch_size, config.max_seq_len, world, fits)
-        accelerator.print(f"device_batch_size: auto -> {chosen} (halved on out-of-memory during the first {PROBE_STEPS} steps)")
-        config = dataclasses.replace(config, device_batch_size=chosen)
-    grad_accum = grad_accumulation_steps(config.total_batch_size, config.device_batch_size, config.max_seq_len, world)
-    auto_ns = polar_express_dtype(plan.mode) if config.optimizer == "muon_adamw_2026" else newton_schulz_dtype(device)
-    ns_dtype = {"auto": auto_ns, "bf16": torch.bfloat16, "fp32": torch.float32}[config.ns_dtype]
-    memory = estimate_memory(model_config, config.device_batch_size, config.max_seq_len, **memory_layout).as_dict()
-    total_tokens = num_iterations * config.total_batch_size
-
-    plan_lines = [
-        f"model      depth {config.depth}: width {model_config.hidden_size}, {_count(model_config.num_attention_heads, 'head')} "
-        f"({model_config.num_key_value_heads} kv) x {model_config.head_dim}, vocab {model_config.vocab_size}, "
-        f"context {config.max_seq_len}; {num_params:,} params ({_human(num_params)})",
-        f"precision  {plan.mode}: {plan.reason}",
-        f"devices    world size {world} on {device.type}; device batch {config.device_batch_size} x {config.max_seq_len} tokens",
-        f"batch      {config.total_batch_size:,} tokens/step = {config.device_batch_size} x {config.max_seq_len} x {world} x "
-        f"{grad_accum} grad-accumulation steps",
-        f"horizon    {num_iterations:,} steps (from {horizon_why}) -> {total_tokens:,} tokens ({_human(total_tokens)}), "
-        f"tokens:params {total_tokens / num_params:.1f}",
-        f"compute    {flops_per_token:.3e} FLOPs/token -> {flops_per_token * total_tokens:.3e} FLOPs total",
-        f"optimizer  {config.optimizer}"
-        + (f" (Muon on block matrices, Newton-Schulz in {str(ns_dtype).removeprefix('torch.')}; AdamW on wte/lm_head)" if config.optimizer == "muon" else "")
-        + (
-            f" (NorMuon + Polar Express in {str(ns_dtype).removeprefix('torch.')} on block matrices, cautious wd {config.weight_decay:.4g} "
-            f"{config.weight_decay_schedule}; AdamW on lm_head/wte/value_embeds/scalars)"
-            if config.optimizer == "muon_adamw_2026" else ""
-        ),
-        f"memory     ~{_human(memory['total'], 'B')} per device (hf_nanochat.train.memory estimate: "
-        + ", ".join(f"{k} {_human(v, 'B')}" for k, v in memory.items() if k != "total")
-        + ")"
-        + (f"; loss in chunks of {config.loss_chunk_tokens:,} tokens" if config.loss_chunk_tokens else ""),
-    ]
-    accelerator.print("\n".join(recipe_lines + plan_lines), flush=True)
-
-    if config.optimizer == "muon_adamw_2026":
-        optimizer = build_muon_adamw_2026(
-            model,
-            matrix_lr=config.matrix_lr,
-            embedding_lr=config.embedding_lr,
-            unembedding_lr=config.unembedding_lr,
-            scalar_lr=config.scalar_lr,
-            weight_decay=config.weight_decay,
-            momentum=config.muon_momentum_start,
-            ns_steps=config.ns_steps,
-            ns_dtype=ns_dtype,
-        )
-    else:
-        optimizer = build_optimizer(
-            model,
-            config.optimizer,
-            matrix_lr=config.matrix_lr,
-            embedding_lr=config.embedding_lr,
-            unembedding_lr=config.unembedding_lr,
-            adamw_matrix_lr=config.adamw_matrix_lr,
-            weight_decay=config.weight_decay,
-            ns_steps=config.ns_steps,
-            ns_dtype=ns_dtype,
-        )
-    if config.compile:
-        model = torch.compile(model)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    if accelerator.distributed_type.value == "FSDP":
-        print(describe_sharding(model, rank, world), flush=True)  # every rank: what it holds
-    stepper = LossScaledStep(accelerator, plan, init_scale=config.fp16_init_scale)
-
-    train_stream = pipeline.make_stream("train", rank, world, config.device_batch_size, config.max_seq_len)
-    val_stream = pipeline.make_stream("val", rank, world, config.device_batch_size, config.max_seq_len)
-    step, skipped_steps = 0, 0
-    metrics_path, samples_path = output_dir / "metrics.jsonl", output_dir / "samples.jsonl"
-    if resume and existing:
-        checkpointer.clean_partial()
-        latest = existing[-1]
-        accelerator.load_state(str(latest / "state"))
-        trainer_state = json.loads((latest / "state" / "trainer_state.json").read_text())
-        step, skipped_steps = trainer_state["step"], trainer_state["skipped_steps"]
-        stepper.skipped_steps = skipped_steps
-        if trainer_state["world_size"] == world:
-            train_stream.load_state_dict(json.loads((latest / "state" / f"data_rank{rank}.json").read_text()))
-        else:
-            # Weights and optimizer state are re-sharded on load (DCP / full state dicts); a data
-            # stream's position belongs to its rank's slice of the documents and has no meaning
-            # for another split of them.
-            accelerator.print(
-                f"resuming on {world} processes from a checkpoint saved by {trainer_state['world_size']}: model, optimizer, "
-                "step and schedules continue exactly; the data streams are re-split and restart at the beginning of the train split"
-            )
-        accelerator.print(f"resumed from {latest} at step {step}")
-    if accelerator.is_main_process:  # rows of steps after the checkpoint (or of a run with none) are redone
-        _truncate_log(metrics_path, step)
-        _truncate_log(samples_path, step)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "train_config.yaml").write_text(config_to_yaml(config))
-    if config.log_with:
-        accelerator.init_trackers(config.run_name, config=dataclasses.asdict(config))
-
-    peak = peak_flops_per_device(config, device, plan.mode)
-    eval_steps = max(1, config.eval_tokens // (config.device_batch_size * config.max_seq_len * world))
-    train_iter = iter(train_stream)
-    progress = progress_bar(total=num_iterations, initial=step, disable=not accelerator.is_local_main_process, desc="pretrain", dynamic_ncols=True)
-    model.train()
-    record: dict = {}
-    last_checkpoint = existing[-1] if resume and existing else None
-    first_step = step
-    while step < num_iterations:
-        t0 = time.perf_counter()
-        probing = auto_batch and step < first_step + PROBE_STEPS
-        stream_position = train_stream.state_dict() if probing else None
-        out_of_memory = False
-        lr_mult, momentum, wd_mult = schedules_at(config, step, num_iterations)
-        if config.optimizer == "muon_adamw_2026":
-            apply_schedule_2026(optimizer, lr_mult, momentum, wd_mult)
-        else:
-            apply_schedule(optimizer, step, lr_mult, momentum)
-        loss_sum = torch.zeros((), device=device)
-        try:
-            for micro in range(grad_accum):
-                x, y = _to_device(next(train_iter), device)
-                # Gradients are all-reduced once per optimizer step, on the last micro-batch.
-                sync = contextlib.nullcontext() if micro == grad_accum - 1 else accelerator.no_sync(model)
-                with sync:
-                    with stepper.autocast():
-                        loss = model(input_ids=x, shift_labels=y, loss_chunk_tokens=config.loss_chunk_tokens).loss
-                    loss_sum += loss.detach()
-                    stepper.backward(loss / grad_accum)
-        except torch.OutOfMemoryError:
-            if not probing or config.device_batch_size == 1:
-                raise
-            out_of_memory = True  # handled below, once the exception no longer pins the activations
-        if out_of_memory:
-            x = y = loss = None
-            optimizer.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            old_batch, old_accum = config.device_batch_size, grad_accum
-            new_batch, grad_accum = halve(old_batch, grad_accum)
-            config = dataclasses.replace(config, device_batch_size=new_batch)
-            # The step is redone from the same data: a new stream at the step's start position.
-            if hasattr(train_iter, "close"):
-                train_iter.close()
-            train_stream = pipeline.make_stream("train", rank, world, new_batch, config.max_seq_len)
-            train_stream.load_state_dict(stream_position)
-            train_iter = iter(train_stream)
-            val_stream = pipeline.make_stream("val", rank, world, new_batch, config.max_seq_len)
-            eval_steps = max(1, config.eval_tokens // (new_batch * config.max_seq_len * world))
-            message = (
-                f"out of memory at step {step + 1} with device batch {old_batch}: device batch {old_batch} -> {new_batch}, "
-                f"gradient accumulation {old_accum} -> {grad_accum}, total batch unchanged ({config.total_batch_size:,} tokens)"
-            )
-            if accelerator.is_local_main_process:
-                progress.write(message)
+    run = PretrainRun(config, pipeline, resume)
+    while run.step < run.num_iterations:
+        record = run.train_step()
+        if record is None:  # out of memory while probing an `auto` device batch: redo the step, halved
             continue
-        grad_norm, applied = stepper.clip_and_step(optimizer, model.parameters(), config.grad_clip)
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        loss_value = accelerator.reduce(loss_sum / grad_accum, "mean").item()  # also syncs the device
-        dt = time.perf_counter() - t0
-        tokens_per_s = config.total_batch_size / dt
-        record = {
-            "step": step,
-            "loss": loss_value,
-            "lr": optimizer.param_groups[-1]["lr"],
-            "lr_mult": lr_mult,
-            "grad_norm": grad_norm,
-            "tokens_per_s": tokens_per_s,
-            "mfu": flops_per_token * tokens_per_s / (peak * world) if peak else None,
-            "tokens": step * config.total_batch_size,
-            "dt": dt,
-        }
-        if hasattr(train_stream, "dropped_fraction"):  # best-fit packing: share of read tokens cropped away
-            record["data_dropped_frac"] = train_stream.dropped_fraction
-        if plan.mode == "fp16":
-            record.update(loss_scale=stepper.loss_scale(), skipped=not applied, skipped_steps=stepper.skipped_steps)
-        if device.type == "cuda":
-            record["max_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
-
-        last = step == num_iterations
-        if last or (config.eval_every > 0 and step % config.eval_every == 0):
-            val_batches = iter(val_stream)  # starts from the beginning of the val split every time
-            record["val_bpb"] = evaluate_bpb(model, val_batches, eval_steps, pipeline.token_bytes, stepper.autocast, accelerator)
-            if hasattr(val_batches, "close"):
-                val_batches.close()  # stops the stream's prefetch thread
-            completions = sample_completions(accelerator.unwrap_model(model), tokenizer, config.sample_prompts, config.sample_max_tokens, stepper.autocast, device)
-            if accelerator.is_main_process:
-                with open(samples_path, "a") as f:
-                    for prompt, completion in zip(config.sample_prompts, completions):
-                        f.write(json.dumps({"step": step, "prompt": prompt, "completion": completion}) + "\n")
-                progress.write(f"step {step}: val bpb {record['val_bpb']:.4f}")
-                for prompt, completion in zip(config.sample_prompts, completions):
-                    progress.write(f"  {prompt!r} -> {completion!r}")
-        if accelerator.is_main_process:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-        if config.log_with:
-            accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=step)
-        if step % config.log_every == 0 or last:
-            progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_mult:.2f}x", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
-            progress.update(step - progress.n)
-
-        if last or (config.save_every > 0 and step % config.save_every == 0):
-            trainer_state = {
-                "step": step,
-                "num_iterations": num_iterations,
-                "skipped_steps": stepper.skipped_steps,
-                "world_size": world,
-                "device_batch_size": config.device_batch_size,
-                "tokens": step * config.total_batch_size,
-                "loss": loss_value,
-                "val_bpb": record.get("val_bpb"),
-            }
-            last_checkpoint = checkpointer.save(step, model, tokenizer, trainer_state, train_stream)
-    progress.close()
-    if hasattr(train_iter, "close"):
-        train_iter.close()
-
-    final_model = checkpointer.publish_final_model(last_checkpoint) if last_checkpoint is not None else None
-    if config.log_with:
-        accelerator.end_training()
-    summary = {
-        "steps": step,
-        "loss": record.get("loss"),
-        "val_bpb": record.get("val_bpb"),
-        "skipped_steps": stepper.skipped_steps,
-        "world_size": world,
-        "model_dir": str(final_model) if final_model else None,
-        "checkpoint": str(last_checkpoint) if last_checkpoint else None,
-    }
-    accelerator.print(json.dumps(summary))
-    return summary
+        last = run.step == run.num_iterations
+        if last or _due(run.step, run.config.eval_every):
+            record.update(run.evaluate_and_sample())
+        run.log(record)
+        if last or _due(run.step, run.config.save_every):
+            run.save(record)
+    return run.finish()
 
 
 # ----------------------------------------------------------------------------------------------

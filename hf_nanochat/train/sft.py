@@ -71,7 +71,11 @@ class SFTStageConfig:
     packing: bool = True  # pack conversations into rows (padding-free, per-document attention)
     packing_strategy: str = "bfd"  # TRL: "bfd" truncates over-long conversations, "bfd_split" splits them
     per_device_train_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
+    # The batch of one optimizer step, as nanochat states it; accumulation is derived from it and
+    # device batch x world size (exactly one of the two, or neither and gradient_accumulation_steps):
+    tokens_per_step: int | None = None  # packed stages: rows x max_length x world x accumulation (mid: 524,288)
+    conversations_per_step: int | None = None  # one conversation per row: rows x world x accumulation (SFT: 32)
+    gradient_accumulation_steps: int | None = None  # explicit accumulation instead of a target (default 1)
     num_epochs: float = 1.0
     max_steps: int = -1  # > 0 overrides num_epochs
     optimizer: str = "muon"  # muon | adamw (nanochat's param groups); with peft: AdamW on the adapters
@@ -117,6 +121,16 @@ class SFTStageConfig:
             raise ValueError(f"loss_tokens must be one of {LOSS_TOKENS}, got {self.loss_tokens!r}")
         if self.muon_momentum_ramp is None:
             self.muon_momentum_ramp = self.stage == "mid"
+        targets = [k for k in ("tokens_per_step", "conversations_per_step", "gradient_accumulation_steps") if getattr(self, k) is not None]
+        if len(targets) > 1:
+            raise ValueError(f"set one of {targets}: accumulation is derived from tokens_per_step or conversations_per_step")
+        if self.tokens_per_step is not None and not self.packing:
+            raise ValueError("tokens_per_step counts packed rows of max_length tokens: it needs packing: true (without packing use conversations_per_step)")
+        if self.conversations_per_step is not None and self.packing:
+            raise ValueError("conversations_per_step counts one conversation per row: it needs packing: false (with packing use tokens_per_step)")
+        for key in targets:
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> SFTStageConfig:
@@ -144,6 +158,34 @@ class SFTStageConfig:
         out = dataclasses.asdict(self)
         out["data"] = {"train": out.pop("train_data"), "eval": out.pop("eval_data")}
         return out
+
+
+def accumulation_steps(cfg: SFTStageConfig, world_size: int) -> int:
+    """Gradient accumulation from the stage's target batch, as nanochat derives it:
+    scripts/mid_train.py `total_batch_size // (device_batch_size * max_seq_len * world_size)`,
+    scripts/chat_sft.py `target_examples_per_step // (device_batch_size * world_size)`. So one
+    GPU runs the same recipe as eight, with 8x the accumulation."""
+    rows = cfg.per_device_train_batch_size * world_size
+    if cfg.tokens_per_step is not None:
+        target, per_pass, what = cfg.tokens_per_step, rows * cfg.max_length, f"per_device_train_batch_size x max_length x world size = {cfg.per_device_train_batch_size} x {cfg.max_length} x {world_size}"
+    elif cfg.conversations_per_step is not None:
+        target, per_pass, what = cfg.conversations_per_step, rows, f"per_device_train_batch_size x world size = {cfg.per_device_train_batch_size} x {world_size}"
+    else:
+        return cfg.gradient_accumulation_steps or 1
+    if target % per_pass:
+        name = "tokens_per_step" if cfg.tokens_per_step is not None else "conversations_per_step"
+        raise ValueError(f"{name} {target:,} is not a multiple of {what} = {per_pass:,}; pick a per_device_train_batch_size that divides it")
+    return target // per_pass
+
+
+def describe_batch(cfg: SFTStageConfig, world_size: int) -> str:
+    accum = accumulation_steps(cfg, world_size)
+    b = cfg.per_device_train_batch_size
+    if cfg.tokens_per_step is not None:
+        return f"{cfg.tokens_per_step:,} tokens/step = {b} rows x {cfg.max_length} x {world_size} x {accum} grad-accumulation steps"
+    if cfg.conversations_per_step is not None:
+        return f"{cfg.conversations_per_step} conversations/step = {b} x {world_size} x {accum} grad-accumulation steps"
+    return f"device batch {b} x {world_size} x {accum} grad-accumulation steps"
 
 
 # --------------------------------------------------------------------------- data
@@ -218,6 +260,29 @@ def build_stage_optimizer(model, cfg: SFTStageConfig, device: torch.device) -> t
     )
 
 
+def nanochat_trainer_class(base, cfg: SFTStageConfig, device: torch.device):
+    """`base` (TRL's SFTTrainer) building nanochat's optimizer and schedule at the moment Trainer
+    builds its own, on `self.model` as Trainer holds it then, instead of taking an optimizer
+    instance: Trainer refuses `optimizers=` under FSDP, and one built before sharding would step
+    tensors that are no longer the model's. Under FSDP2 Trainer creates it before
+    `accelerator.prepare`, which moves it onto the sharded parameters (as pretraining does)."""
+
+    class NanochatTrainer(base):
+        def create_optimizer(self, model=None):
+            if self.optimizer is None:
+                self.optimizer = build_stage_optimizer(self.model if model is None else model, cfg, device)
+            return self.optimizer
+
+        def create_scheduler(self, num_training_steps: int, optimizer=None):
+            if self.lr_scheduler is None:
+                self.lr_scheduler = NanochatSchedule(optimizer or self.optimizer, num_training_steps, cfg.warmdown_ratio,
+                                                     momentum_ramp=cfg.muon_momentum_ramp)
+                self._created_lr_scheduler = True
+            return self.lr_scheduler
+
+    return NanochatTrainer
+
+
 def lora_config(section: LoraSection):
     from peft import LoraConfig
 
@@ -238,6 +303,38 @@ def _device_for_precision() -> torch.device:
     return PartialState().device
 
 
+class PackedRowsCollator:
+    """Packed rows stay rows: a device batch of B packed rows is B rows, each with position_ids
+    that restart at every document and no attention_mask, so the model builds a (B, 1, L, L)
+    per-document causal mask (transformers' find_packed_sequence_indices works per row).
+
+    TRL's bfd packing is always padding-free, which concatenates the batch into ONE row of B x L
+    tokens: its dense block-diagonal mask (and SDPA's per-layer bias) is (B x L)^2, quadratic in
+    the device batch. TRL refuses a custom collator with padding-free because FlashAttention
+    would read a padding attention_mask instead of position_ids; this collator passes no
+    attention_mask, so it is set on the trainer after construction. The labels are TRL's own
+    collator's (assistant tokens only); as in TRL's padding-free path, the first token of each
+    document is not a target of the document before it."""
+
+    def __init__(self, pad_token_id: int):
+        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+        self.pad_token_id = pad_token_id
+        self._rows = DataCollatorForLanguageModeling(pad_token_id=pad_token_id, padding_free=False, return_position_ids=True)
+
+    def __call__(self, examples: list[dict]) -> dict:
+        batch = self._rows(examples)
+        batch.pop("attention_mask")  # padding gets position 0 each: one-token documents, labels -100
+        batch["labels"][batch["position_ids"] == 0] = -100
+        return batch
+
+
+def _world_size() -> int:
+    from accelerate import PartialState
+
+    return PartialState().num_processes
+
+
 def trainer_precision_args(precision: str, device: torch.device) -> dict[str, Any]:
     """The shared precision rule (hf_nanochat.train.precision) as TrainingArguments flags."""
     from hf_nanochat.train.precision import resolve_precision
@@ -250,6 +347,23 @@ def trainer_precision_args(precision: str, device: torch.device) -> dict[str, An
         )
     print(f"precision: {plan.mode} ({plan.reason})")
     return {"bf16": plan.mode == "bf16", "fp16": plan.mode == "fp16", "use_cpu": device.type == "cpu"}
+
+
+def refuse_if_stage_too_big(cfg: SFTStageConfig, model_config, device: torch.device, world_size: int, precision_args: dict) -> None:
+    """The planned peak of one step (hf_nanochat.train.stage_plan) must fit this device, or the
+    stage stops here, before tokenizing or training, naming the knob."""
+    from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
+    from hf_nanochat.train.stage_plan import chat_stage_peak, device_budget, refuse_if_too_big
+
+    if getattr(model_config, "model_type", None) != NanoChatGPTConfig.model_type:
+        return  # the planner knows nanochat's shapes only
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    mixed = "bf16" if precision_args["bf16"] else "fp16" if precision_args["fp16"] else None
+    topology = {"world_size": world_size, "fsdp": fsdp, "activation_checkpointing": False, "mixed_precision": mixed}
+    peak = chat_stage_peak(cfg, model_config, topology, on_gpu=device.type == "cuda")
+    print(f"{cfg.stage}: planned peak ~{peak.gib:.2f} GiB per device")
+    budget = device_budget(device, world_size if device.type == "cpu" else 1)
+    refuse_if_too_big([peak], budget, f"{cfg.stage} (device batch {cfg.per_device_train_batch_size} x {cfg.max_length}, packing {cfg.packing})")
 
 
 def _resolve_local(path_or_id: str) -> str:
@@ -284,6 +398,9 @@ def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_data
     if tokenizer is None:
         check_tokenizer_source(cfg.tokenizer or cfg.model)
     device = _device_for_precision()
+    world_size = _world_size()
+    grad_accum = accumulation_steps(cfg, world_size)  # a bad target fails here, before any loading
+    print(f"{cfg.stage}: batch {describe_batch(cfg, world_size)}")
     precision_args = trainer_precision_args(cfg.precision, device)
     base = _resolve_local(cfg.model)
     if tokenizer is None:
@@ -293,6 +410,7 @@ def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_data
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     if len(tokenizer) > model.config.vocab_size:
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's vocabulary is {model.config.vocab_size}")
+    refuse_if_stage_too_big(cfg, model.config, device, world_size, precision_args)
 
     record: dict[str, Any] = {"loss_tokens": cfg.loss_tokens, "train": [], "eval": []}
     if train_dataset is None:
@@ -320,8 +438,6 @@ def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_data
 
         model = get_peft_model(model, lora_config(cfg.peft))
         model.print_trainable_parameters()
-    optimizer = build_stage_optimizer(model, cfg, device)
-
     out = Path(cfg.output_dir)
     args = SFTConfig(
         output_dir=str(out / "checkpoints"),
@@ -332,7 +448,7 @@ def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_data
         assistant_only_loss=False,
         per_device_train_batch_size=cfg.per_device_train_batch_size,
         per_device_eval_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        gradient_accumulation_steps=grad_accum,
         num_train_epochs=cfg.num_epochs,
         max_steps=cfg.max_steps,
         max_grad_norm=cfg.max_grad_norm,
@@ -350,19 +466,19 @@ def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_data
         disable_tqdm=not bars,
         **precision_args,
     )
-    trainer = SFTTrainer(
+    trainer = nanochat_trainer_class(SFTTrainer, cfg, device)(
         callbacks=[MetricsLog(out / "metrics.jsonl")],
         model=model,
         args=args,
         train_dataset=train_tok,
         eval_dataset=eval_tok,
         processing_class=tokenizer,
-        optimizers=(optimizer, None),
     )
-    # The schedule's horizon depends on how many packed rows TRL made; Trainer computes it the
-    # same way when training starts (create_scheduler keeps a scheduler that is already set).
+    if cfg.packing:
+        trainer.data_collator = PackedRowsCollator(trainer.data_collator.pad_token_id)
+    # The schedule's horizon depends on how many packed rows TRL made; Trainer passes the same
+    # number to create_scheduler when training starts.
     num_steps = trainer.set_initial_training_values(args, trainer.get_train_dataloader())[-1]
-    trainer.lr_scheduler = NanochatSchedule(optimizer, num_steps, cfg.warmdown_ratio, momentum_ramp=cfg.muon_momentum_ramp)
     print(f"{cfg.stage}: {num_steps} optimizer steps, optimizer {'lora-adamw' if cfg.peft else cfg.optimizer}")
 
     if trainer.is_world_process_zero():  # before training, so even a crashed run's folder says what it read
@@ -457,4 +573,4 @@ def main(argv: list[str] | None = None) -> int:
         metrics = run_sft_stage(cfg)
     print(f"{metrics['stage']}: done, {metrics['global_step']} steps, train loss {metrics['train_loss']:.4f} -> {raw['output_dir']}")
     return 0
-__all__ = ["LoraSection", "NanochatSchedule", "SFTStageConfig", "build_stage_optimizer", "main", "run_sft_stage", "tokenize_conversations"]
+__all__ = ["LoraSection", "NanochatSchedule", "PackedRowsCollator", "SFTStageConfig", "accumulation_steps", "build_stage_optimizer", "describe_batch", "nanochat_trainer_class", "main", "run_sft_stage", "tokenize_conversations"]
