@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_nanochat.train.sft import SFTStageConfig
+from hf_nanochat.train.sft import SFTStageConfig, accumulation_steps
 
 RECIPES = Path(__file__).parent.parent / "train_configs"
 
@@ -48,8 +48,10 @@ def test_mid_recipe_is_nanochats_mid_train():
     # eval_every = 150; get_lr_multiplier: `1 if progress < 0.8 else 1 - (progress - 0.8) / 0.2`
     assert (cfg.matrix_lr, cfg.embedding_lr, cfg.unembedding_lr, cfg.init_lr_frac, cfg.weight_decay) == (0.02, 0.2, 0.004, 1.0, 0.0)
     assert (cfg.warmdown_ratio, cfg.max_length, cfg.eval_steps, cfg.num_epochs) == (0.2, 2048, 150, 1)
-    # total_batch_size = 524288: 8 GPUs x 16 rows x 2048 tokens x 2 accumulation steps
-    assert 8 * cfg.per_device_train_batch_size * cfg.max_length * cfg.gradient_accumulation_steps == 524_288
+    # total_batch_size = 524288 tokens per step, whatever the GPU count: accumulation is derived
+    # (8 GPUs x 16 rows x 2048 tokens x 2 steps, or 1 GPU x 16 rows x 2048 x 16 steps)
+    assert cfg.tokens_per_step == 524_288
+    assert [accumulation_steps(cfg, world) for world in (8, 1)] == [2, 16]
     # get_muon_momentum: 0.85 -> 0.95 over 300 steps; no clip_grad_norm anywhere in the script
     assert cfg.muon_momentum_ramp is True and cfg.max_grad_norm == 0.0
     assert cfg.seed == 42  # tasks/common.py TaskMixture: random.Random(42)
@@ -72,7 +74,8 @@ def test_sft_recipe_is_nanochats_chat_sft():
     # scripts/chat_sft.py: init_lr_frac = 0.02, num_epochs = 1, device_batch_size = 4,
     # target_examples_per_step = 32, eval_every = 100; get_lr_multiplier: lrm = 1.0 - it / num_iterations
     assert (cfg.init_lr_frac, cfg.num_epochs, cfg.warmdown_ratio, cfg.eval_steps) == (0.02, 1, 1.0, 100)
-    assert 8 * cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps == 32
+    assert cfg.conversations_per_step == 32  # 8 GPUs x 4 x 1 step, or 1 GPU x 4 x 8 steps
+    assert [accumulation_steps(cfg, world) for world in (8, 1)] == [1, 8]
     assert (cfg.matrix_lr, cfg.embedding_lr, cfg.unembedding_lr, cfg.weight_decay) == (0.02, 0.2, 0.004, 0.0)
     # chat_sft.py never schedules Muon momentum (stays at its 0.95) and never clips gradients
     assert cfg.muon_momentum_ramp is False and cfg.max_grad_norm == 0.0
