@@ -132,3 +132,20 @@ def test_every_recipe_plans_without_running(tmp_path):
         ).stdout
         assert out.startswith(f"speedrun {name}:") and "estimated memory per device" in out
         assert not (tmp_path / name).exists()  # a dry run writes nothing
+
+
+def test_missing_chat_data_file_is_refused_before_any_stage(tmp_path, monkeypatch):
+    """A recipe whose mid/SFT data names a local file that is not there fails at the start,
+    not after base pretraining (nanochat's identity_conversations.jsonl for the GPU recipes)."""
+    from hf_nanochat.speedrun import pipeline
+
+    monkeypatch.setattr(pipeline, "REPO_ROOT", tmp_path)  # no identity file there
+    monkeypatch.chdir(tmp_path)
+    missing = pipeline.missing_data_files(RECIPES["p100"], with_rl=False)
+    assert missing == [
+        "train_configs/mid.yaml: identity file 'identity_conversations.jsonl' not found",
+        "train_configs/sft.yaml: identity file 'identity_conversations.jsonl' not found",
+    ]
+    assert pipeline.missing_data_files(RECIPES["tiny_cpu"], with_rl=True) == []  # offline recipes name no files
+    (tmp_path / "identity_conversations.jsonl").write_text("[]\n")
+    assert pipeline.missing_data_files(RECIPES["p100"], with_rl=False) == []

@@ -291,16 +291,41 @@ def speedrun(name: str, out: Path, launch_config: str | None = None, dry_run: bo
         # Refused before the tokenizer: a stage that cannot fit would fail only after the stages before it.
         raise SystemExit(f"speedrun {name}: refusing to start, the memory plan says a stage would run out of memory:\n  "
                          + "\n  ".join(p["memory_misfits"]))
+    missing = missing_data_files(recipe, with_rl)
+    if missing:
+        message = ("a chat stage's data is missing (put the file there, or point the recipe's `path:` at it):\n  "
+                   + "\n  ".join(missing))
+        if dry_run:
+            print(f"warning: {message}", flush=True)
+        else:
+            raise SystemExit(f"speedrun {name}: refusing to start, {message}")
     if dry_run:
         return 0
     from hf_nanochat.train.run_lock import folder_lock
 
     (out / "logs").mkdir(parents=True, exist_ok=True)
     with folder_lock(out):  # a second speedrun on this folder fails here, naming the first
-        return _run_stages(name, out, stages, p, launch)
+        return _run_stages(name, out, stages, p, launch, with_rl)
 
 
-def _run_stages(name: str, out: Path, stages: list[Stage], p: dict, launch: Path) -> int:
+def missing_data_files(recipe: Recipe, with_rl: bool) -> list[str]:
+    """Local files the chat recipes read (`path:` entries, e.g. nanochat's
+    identity_conversations.jsonl) that do not exist: found now, not after hours of pretraining.
+    Stages run from the repository root, so relative paths are resolved there."""
+    import yaml
+
+    missing = []
+    for name in (recipe.mid, recipe.sft, *((recipe.rl,) if with_rl and recipe.rl else ())):
+        raw = yaml.safe_load((CONFIG_DIRS["train"] / name).read_text()) or {}
+        data = raw.get("data") or {}
+        for entry in [*(data.get("train") or []), *(data.get("eval") or [])]:
+            path = entry.get("path") if isinstance(entry, dict) else None
+            if path and not (REPO_ROOT / path).exists() and not Path(path).exists():
+                missing.append(f"train_configs/{name}: {entry.get('source', 'data')} file {path!r} not found")
+    return missing
+
+
+def _run_stages(name: str, out: Path, stages: list[Stage], p: dict, launch: Path, with_rl: bool) -> int:
     state = read_state(out)
     if state.get("recipe", name) != name:
         raise SystemExit(f"{out} holds a {state['recipe']!r} speedrun; use another --output")
