@@ -370,7 +370,7 @@ class Checkpointer:
 def make_accelerator(config: TrainConfig):
     """The Accelerator for this run and the precision it runs in."""
     from accelerate import Accelerator, PartialState
-    from accelerate.utils import GradScalerKwargs, parse_flag_from_env
+    from accelerate.utils import DistributedDataParallelKwargs, GradScalerKwargs, parse_flag_from_env
 
     # The device decides the precision, which Accelerator() needs: ask PartialState first, with
     # the CPU flag Accelerator() itself would read (without it gloo ranks start as world size 1).
@@ -380,7 +380,13 @@ def make_accelerator(config: TrainConfig):
         mixed_precision=precision.accelerate_mixed_precision,
         log_with=config.log_with or None,
         project_dir=str(config.output_dir),
-        kwargs_handlers=[GradScalerKwargs(init_scale=config.fp16_init_scale)],
+        kwargs_handlers=[
+            GradScalerKwargs(init_scale=config.fp16_init_scale),
+            # The model's only buffers are the rotary frequencies, which every rank computes the
+            # same: broadcasting them would add a collective to every forward, and one a rank
+            # skips (an `auto` batch's out-of-memory probe) would deadlock the others.
+            DistributedDataParallelKwargs(broadcast_buffers=False),
+        ],
         fsdp_plugin=fsdp_plugin(precision.mode),  # None unless launched with an FSDP config
     )
     return accelerator, precision
