@@ -220,7 +220,9 @@ def test_hub_failure_is_a_clear_error_never_the_offline_corpus(monkeypatch, stat
             assert f"Hub dataset {source!r}" in message and str(status) in message
             assert "retry" in message and "pass the folder" in message and "dataset: offline" in message
     asked = [p for p in hub.requests if p.startswith("/api/datasets/karpathy/fineweb-edu-100b-shuffle")]
-    assert len(asked) > 1  # huggingface_hub retried before giving up
+    # The Hub was really asked. Whether it is asked again is huggingface_hub's choice and varies by
+    # release (2.x retries a 429, 1.31 - our floor - does not); the error above is ours either way.
+    assert len(asked) >= 1
 
 
 def test_offline_mode_says_so_and_offline_corpus_only_when_asked(tmp_path, monkeypatch):
