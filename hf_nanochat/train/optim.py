@@ -80,7 +80,7 @@ class MuonAdamW(torch.optim.Optimizer):
                 raise ValueError(f"every param group needs kind 'muon' or 'adamw', got {kind!r}")
             missing = [k for k in self.REQUIRED[kind] if k not in group]
             if missing:
-                raise ValueError(f"{kind} param group is missing {missing}")
+                raise ValueError(f"{kind} param group {group.get('name', '?')!r} is missing {missing}")
             if kind == "muon" and any(p.ndim != 2 for p in group["params"]):
                 raise ValueError("Muon groups may only hold 2-D matrices")
             group.setdefault("initial_lr", group["lr"])

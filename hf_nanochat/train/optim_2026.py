@@ -43,7 +43,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 from torch.optim.adamw import adamw as adamw_update
 
-from hf_nanochat.train.optim import transform_across_ranks
+from hf_nanochat.train.optim import MuonAdamW, transform_across_ranks
 
 # Polar Express (Amsel et al. 2025, arXiv 2505.16932) for 5 iterations, safety factor 2e-2,
 # cushion 2: nanochat/optim.py `polar_express_coeffs`.
@@ -131,7 +131,7 @@ def cautious_update_(p: torch.Tensor, g: torch.Tensor, lr: float, weight_decay: 
     p.sub_(lr * g + lr * weight_decay * p * mask)
 
 
-class MuonAdamW2026(torch.optim.Optimizer):
+class MuonAdamW2026(MuonAdamW):
     """One optimizer, rule per group `kind`: "muon" (2-D matrices: lr, momentum, ns_steps, beta2,
     weight_decay, ns_dtype) or "adamw" (lr, betas, eps, weight_decay; math in fp32).
     ns_dtype is a name ("bfloat16"/"float32") so the state dict stays plain data."""
@@ -139,33 +139,10 @@ class MuonAdamW2026(torch.optim.Optimizer):
     REQUIRED = {"muon": ("lr", "momentum", "ns_steps", "beta2", "weight_decay", "ns_dtype"), "adamw": ("lr", "betas", "eps", "weight_decay")}
 
     def __init__(self, param_groups: list[dict], process_group=None):
-        super().__init__(param_groups, {})
-        for group in self.param_groups:
-            kind = group.get("kind")
-            if kind not in self.REQUIRED:
-                raise ValueError(f"every param group needs kind 'muon' or 'adamw', got {kind!r}")
-            missing = [k for k in self.REQUIRED[kind] if k not in group]
-            if missing:
-                raise ValueError(f"{kind} param group {group.get('name', '?')!r} is missing {missing}")
-            if kind == "muon" and any(p.ndim != 2 for p in group["params"]):
-                raise ValueError("Muon groups may only hold 2-D matrices")
-            group.setdefault("initial_lr", group["lr"])
-            if kind == "muon":
-                group.setdefault("initial_weight_decay", group["weight_decay"])
-        self.process_group = process_group
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        super().__init__(param_groups, process_group)  # validation and the per-kind step() are MuonAdamW's
         for group in self.param_groups:
             if group["kind"] == "muon":
-                self._muon_step(group)
-            else:
-                self._adamw_step(group)
-        return loss
+                group.setdefault("initial_weight_decay", group["weight_decay"])
 
     def _adamw_step(self, group: dict) -> None:
         """torch's AdamW math (decoupled decay, bias correction) on fp32 copies of params kept in
