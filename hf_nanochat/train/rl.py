@@ -459,23 +459,13 @@ def run_rl_stage(cfg: RLStageConfig, *, model=None, tokenizer=None, train_datase
 
 def main(argv: list[str] | None = None) -> int:
     """`train.py --config train_configs/rl.yaml [--key=value ...] [--resume]`."""
-    import argparse
-    import sys
+    from hf_nanochat.train.run_lock import run_lock
+    from hf_nanochat.train.sft import read_stage_recipe
 
-    parser = argparse.ArgumentParser(description="RL stage (nanochat's chat_rl) on TRL's GRPOTrainer")
-    parser.add_argument("--config", required=True, help="a train_configs/*.yaml with stage: rl")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir/checkpoints")
-    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    with open(args.config, encoding="utf-8") as f:
-        raw = yaml.safe_load(f) or {}
-    for item in rest:
-        key, sep, value = item.removeprefix("--").partition("=")
-        if not item.startswith("--") or not sep:
-            raise SystemExit(f"overrides look like --key=value, got {item!r}")
-        raw[key.replace("-", "_")] = yaml.safe_load(value)
-    if args.resume:
-        raw["resume"] = True
-    metrics = run_rl_stage(RLStageConfig.from_dict(raw))
+    raw = read_stage_recipe(argv, "RL stage (nanochat's chat_rl) on TRL's GRPOTrainer", "a train_configs/*.yaml with stage: rl")
+    cfg = RLStageConfig.from_dict(raw)
+    with run_lock(cfg.output_dir):  # a second run on this folder fails here, naming the first
+        metrics = run_rl_stage(cfg)
     print(f"rl: done, {metrics['global_step']} steps, reward {metrics['reward_first']} -> {metrics['reward_last']} -> {raw['output_dir']}")
     return 0
 

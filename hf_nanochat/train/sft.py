@@ -545,16 +545,15 @@ def _latest_checkpoint(folder: Path) -> Path | None:
 
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`train.py --config train_configs/sft.yaml [--key=value ...]` for `stage: mid|sft`; values
-    are YAML scalars (`--max_steps=100`, `--packing=false`)."""
+def read_stage_recipe(argv: list[str] | None, description: str, config_help: str) -> dict:
+    """A chat or RL stage's recipe: `--config FILE [--key=value ...] [--resume]`, the values YAML
+    scalars (`--max_steps=100`, `--packing=false`), merged over the file's keys."""
     import sys
 
     from hf_nanochat.errors import CliParser
-    from hf_nanochat.train.run_lock import run_lock
 
-    parser = CliParser(prog="train.py", description="chat stage (mid/sft) on TRL's SFTTrainer")
-    parser.add_argument("--config", required=True, help="a train_configs/*.yaml with stage: mid or sft")
+    parser = CliParser(prog="train.py", description=description)
+    parser.add_argument("--config", required=True, help=config_help)
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir/checkpoints")
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if not Path(args.config).is_file():
@@ -568,9 +567,17 @@ def main(argv: list[str] | None = None) -> int:
         raw[key.replace("-", "_")] = yaml.safe_load(value)
     if args.resume:
         raw["resume"] = True
+    return raw
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`train.py --config train_configs/sft.yaml [--key=value ...]` for `stage: mid|sft`."""
+    from hf_nanochat.train.run_lock import run_lock
+
+    raw = read_stage_recipe(argv, "chat stage (mid/sft) on TRL's SFTTrainer", "a train_configs/*.yaml with stage: mid or sft")
     cfg = SFTStageConfig.from_dict(raw)
     with run_lock(cfg.output_dir):  # a second run on this folder fails here, naming the first
         metrics = run_sft_stage(cfg)
     print(f"{metrics['stage']}: done, {metrics['global_step']} steps, train loss {metrics['train_loss']:.4f} -> {raw['output_dir']}")
     return 0
-__all__ = ["LoraSection", "NanochatSchedule", "PackedRowsCollator", "SFTStageConfig", "accumulation_steps", "build_stage_optimizer", "describe_batch", "nanochat_trainer_class", "main", "run_sft_stage", "tokenize_conversations"]
+__all__ = ["LoraSection", "NanochatSchedule", "PackedRowsCollator", "SFTStageConfig", "accumulation_steps", "build_stage_optimizer", "describe_batch", "nanochat_trainer_class", "main", "read_stage_recipe", "run_sft_stage", "tokenize_conversations"]
