@@ -316,7 +316,7 @@ def test_tiny_cpu_recipe_end_to_end(tmp_path):
     done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("model      depth 2"))
+    start = next(i for i, line in enumerate(lines) if line.startswith("model      nanochat 2025-11, depth 2"))
     assert all(not line.startswith("step") for line in lines[:start])  # the plan comes before training
     assert lines[start + 1].startswith("precision  fp32: auto: CPU")
     metrics = read_metrics(tmp_path)

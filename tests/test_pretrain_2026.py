@@ -34,7 +34,7 @@ def data(tmp_path_factory):
 def overrides(data, out):
     # the batch and horizon are fixed here (derived ones would be far too big for a CPU test);
     # everything else is derived from the depth
-    return tiny_overrides(*data, recipe="nanochat-2026", packing="best_fit", num_iterations=8, save_every=4, eval_every=8, warmup_steps=2, output_dir=str(out))
+    return tiny_overrides(*data, recipe="nanochat-2026", architecture="2026", packing="best_fit", num_iterations=8, save_every=4, eval_every=8, warmup_steps=2, output_dir=str(out))
 
 
 def metrics(out):

@@ -53,6 +53,9 @@ def test_overrides_take_both_forms_and_yaml_scalars(tmp_path):
         ({"num_iterations": -1, "target_flops": -1, "target_param_data_ratio": 0}, "set a horizon"),
         ({"log_with": ["mlflowx"]}, "unknown trackers"),
         ({"loss_chunk_tokens": -1}, r"loss_chunk_tokens must be >= 0 \(0: off\)"),
+        ({"architecture": 2027}, r"architecture: 2027 is not one of \['2025-11', '2026'\]"),
+        ({"architecture": 2026}, "set optimizer: muon_adamw_2026 \\(or recipe: nanochat-2026, which picks it\\)"),
+        ({"architecture": "2026", "recipe": "nanochat-2026", "optimizer": "muon"}, "optimizer 'muon' has no groups"),
         ({"sample_prompts": "hi"}, None),  # a single string on the command line becomes a list
     ],
 )
@@ -102,3 +105,13 @@ def test_accumulation_and_horizon():
     assert steps == round(1e18 / (fpt * 524288)) and "target_flops" in why
     # nanochat's d20: 20 tokens per param at 524,288 tokens per step -> 21,400 steps.
     assert resolve_horizon(config_from_dict({}), params, fpt)[0] == 20 * params // 524288 == 21400
+
+
+def test_architecture_reaches_the_model_config():
+    # YAML and the command line read `2026` as a number; it is the architecture's name
+    cfg = config_from_dict({"architecture": 2026, "optimizer": "muon_adamw_2026", "depth": 12, "max_seq_len": 1024})
+    model = cfg.model_config(32768)
+    assert cfg.architecture == "2026" and model.nanochat_architecture == "2026"
+    assert (model.hidden_size, model.rope_theta, model.max_position_embeddings) == (768, 100000.0, 1024)
+    assert config_from_dict({"architecture": "2026", "recipe": "nanochat-2026"}).architecture == "2026"  # the recipe picks the optimizer
+    assert config_from_dict({}).model_config(65536).nanochat_architecture == "2025-11"

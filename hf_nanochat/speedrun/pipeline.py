@@ -1,6 +1,7 @@
 """`hf-nanochat speedrun RECIPE`: nanochat's whole pipeline, one command, crash-safe.
 
     tokenizer -> base pretraining -> base eval (bpb) -> CORE -> mid-training -> mid eval -> SFT -> chat eval
+    (nanochat 2026 recipes: no mid-training, SFT starts from the base model)
     [-> RL -> RL eval, with --with-rl] -> report
 
 Each training stage runs under `accelerate launch` with the recipe's accelerate config (or
@@ -66,6 +67,12 @@ def build_stages(recipe: Recipe, out: Path, launch_config: Path, with_rl: bool =
                               f"--model={sft}", f"--output_dir={out / 'rl'}"), out / "rl" / "config.json", True),
         Stage("rl_eval", _cli("eval", str(out / "rl"), *eval_chat, "--out", str(out / "eval_rl.json")), out / "eval_rl.json"),
     ] if with_rl else []
+    mid_stages = [
+        Stage("mid", _launched(launch_config, "train", "--config", str(train_dir / recipe.mid), "--resume",
+                               f"--model={base / 'model'}", f"--output_dir={mid}", *_device_batch(recipe.mid_device_batch)),
+              mid / "config.json", True),
+        Stage("mid_eval", _cli("eval", str(mid), *eval_chat, "--out", str(out / "eval_mid.json")), out / "eval_mid.json"),
+    ] if recipe.mid else []
     return [
         Stage("tokenizer", _cli("tokenizer", "train", "--data", recipe.tokenizer_data, "--vocab-size",
                                 str(recipe.tokenizer_vocab_size), "--max-chars", str(recipe.tokenizer_max_chars),
@@ -77,12 +84,10 @@ def build_stages(recipe: Recipe, out: Path, launch_config: Path, with_rl: bool =
         # CORE shares its examples over the recipe's processes; results land in the model folder.
         Stage("core_eval", _launched(launch_config, "eval", str(base / "model"), *core_eval),
               base / "model" / "core_eval.json"),
-        Stage("mid", _launched(launch_config, "train", "--config", str(train_dir / recipe.mid), "--resume",
-                               f"--model={base / 'model'}", f"--output_dir={mid}", *_device_batch(recipe.mid_device_batch)),
-              mid / "config.json", True),
-        Stage("mid_eval", _cli("eval", str(mid), *eval_chat, "--out", str(out / "eval_mid.json")), out / "eval_mid.json"),
+        *mid_stages,
         Stage("sft", _launched(launch_config, "train", "--config", str(train_dir / recipe.sft), "--resume",
-                               f"--model={mid}", f"--output_dir={sft}", *_device_batch(recipe.sft_device_batch)),
+                               f"--model={mid if recipe.mid else base / 'model'}", f"--output_dir={sft}",
+                               *_device_batch(recipe.sft_device_batch)),
               sft / "config.json", True),
         Stage("sft_eval", _cli("eval", str(sft), *eval_chat, "--out", str(out / "eval_sft.json")), out / "eval_sft.json"),
         *rl,
@@ -99,26 +104,26 @@ def chat_stage_config(recipe: Recipe, stage: str):
 
     from hf_nanochat.train.sft import SFTStageConfig
 
-    cfg = SFTStageConfig.from_yaml(CONFIG_DIRS["train"] / (recipe.mid if stage == "mid" else recipe.sft))
+    cfg = SFTStageConfig.from_yaml(CONFIG_DIRS["train"] / recipe.chat_config(stage))
     batch = recipe.mid_device_batch if stage == "mid" else recipe.sft_device_batch
     return dataclasses.replace(cfg, per_device_train_batch_size=batch) if batch else cfg
 
 
 def stage_peaks(recipe: Recipe, launch_config: Path) -> list:
     """The planned per-device peak of every stage the speedrun runs (hf_nanochat.train.stage_plan)."""
-    from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
     from hf_nanochat.train.memory_cli import launch_topology
+    from hf_nanochat.train.recipe_2026 import apply_recipe
     from hf_nanochat.train.sft import accumulation_steps
     from hf_nanochat.train.stage_plan import base_eval_peak, base_stage_peaks, chat_eval_peak, chat_stage_peak, compute_dtype
 
     cfg = load_train_config(recipe.base)
     topology = launch_topology(str(launch_config))
     on_gpu = recipe.gpu is not None
-    model = NanoChatGPTConfig.from_depth(cfg.depth, vocab_size=recipe.tokenizer_vocab_size, max_position_embeddings=cfg.max_seq_len,
-                                         num_key_value_heads=cfg.num_kv_heads)
+    model = cfg.model_config(recipe.tokenizer_vocab_size)
+    cfg, _ = apply_recipe(cfg, model)
     dtype = compute_dtype(cfg.precision, topology["mixed_precision"])
     peaks = base_stage_peaks(cfg, model, topology, on_gpu) + [base_eval_peak(model, cfg.max_seq_len, dtype, on_gpu)]
-    for stage in ("mid", "sft"):
+    for stage in recipe.chat_stages:
         chat = chat_stage_config(recipe, stage)
         accumulation_steps(chat, topology["world_size"])  # a device batch that does not divide the target fails here
         peaks.append(chat_stage_peak(chat, model, topology, on_gpu))
@@ -167,10 +172,12 @@ def plan(recipe: Recipe, name: str, launch_config: Path) -> dict:
     from hf_nanochat.train.memory_cli import recipe_memory
     from hf_nanochat.train.stage_plan import misfits
     from hf_nanochat.train.pretrain import PEAK_FLOPS, resolve_horizon
+    from hf_nanochat.train.recipe_2026 import apply_recipe
 
     cfg = load_train_config(recipe.base)
     model, _, memory_kwargs = recipe_memory(cfg, str(launch_config), on_gpu=recipe.gpu is not None)
-    shape = model_shape(cfg.depth, vocab_size=model.vocab_size, seq_len=cfg.max_seq_len)
+    cfg, _ = apply_recipe(cfg, model)  # recipe nanochat-2026: batch and horizon derived from the depth
+    shape = model_shape(cfg.depth, vocab_size=model.vocab_size, seq_len=cfg.max_seq_len, architecture=cfg.architecture)
     steps, horizon = resolve_horizon(cfg, shape["params"], shape["flops_per_token"])
     tokens = steps * cfg.total_batch_size
     flops = shape["flops_per_token"] * tokens
@@ -181,7 +188,8 @@ def plan(recipe: Recipe, name: str, launch_config: Path) -> dict:
     hours = flops / rate / 3600
     return {
         "recipe": name, "description": recipe.description, "launch_config": str(launch_config),
-        "depth": cfg.depth, "params": shape["params"], "steps": steps, "horizon": horizon,
+        "architecture": cfg.architecture, "depth": cfg.depth, "params": shape["params"], "steps": steps, "horizon": horizon,
+        "total_batch_size": cfg.total_batch_size,
         "tokens": tokens, "tokens_per_param": tokens / shape["params"], "flops": flops,
         "estimated_hours_base": hours, "estimated_cost_base": hours * recipe.dollars_per_hour,
         "memory_per_device_gib": peaks[0].gib, "dtype": dtype, "gpu": recipe.gpu,
@@ -200,8 +208,8 @@ def format_plan(p: dict, stages: list[Stage]) -> str:
     return "\n".join([
         f"speedrun {p['recipe']}: {p['description']}",
         f"  stages: {' -> '.join(s.name for s in stages)} -> report",
-        f"  model: depth {p['depth']}, {p['params'] / 1e6:,.1f}M parameters, {p['dtype']}",
-        f"  base: {p['steps']:,} steps ({p['horizon']}), {p['tokens'] / 1e6:,.1f}M tokens, "
+        f"  model: nanochat {p.get('architecture', '2025-11')}, depth {p['depth']}, {p['params'] / 1e6:,.1f}M parameters, {p['dtype']}",
+        f"  base: {p['steps']:,} steps of {p.get('total_batch_size', 0):,} tokens ({p['horizon']}), {p['tokens'] / 1e6:,.1f}M tokens, "
         f"{p['tokens_per_param']:.1f} tokens/param, {p['flops']:.2e} FLOPs",
         f"  estimated base pretraining time: {_duration(p['estimated_hours_base'])} at {speed}"
         + (f", ~${p['estimated_cost_base']:,.0f}" if p["estimated_cost_base"] else ""),
@@ -315,7 +323,7 @@ def missing_data_files(recipe: Recipe, with_rl: bool) -> list[str]:
     import yaml
 
     missing = []
-    for name in (recipe.mid, recipe.sft, *((recipe.rl,) if with_rl and recipe.rl else ())):
+    for name in (*(recipe.chat_config(stage) for stage in recipe.chat_stages), *((recipe.rl,) if with_rl and recipe.rl else ())):
         raw = yaml.safe_load((CONFIG_DIRS["train"] / name).read_text()) or {}
         data = raw.get("data") or {}
         for entry in [*(data.get("train") or []), *(data.get("eval") or [])]:

@@ -17,7 +17,7 @@ class Recipe:
     description: str
     launch_config: str  # accelerate_configs/<name>
     base: str  # train_configs/<name>
-    mid: str
+    mid: str | None  # None: no mid-training (nanochat 2026 goes base -> SFT), SFT starts from the base model
     sft: str
     rl: str = "rl.yaml"  # the optional RL stage (`--with-rl`)
     tokenizer_data: str = "karpathy/fineweb-edu-100b-shuffle"
@@ -38,6 +38,16 @@ class Recipe:
     # (hf_nanochat.train.stage_plan; tests/test_stage_plan.py checks each is the planner's pick).
     mid_device_batch: int | None = None  # None: the mid recipe's own
     sft_device_batch: int | None = None
+
+    @property
+    def chat_stages(self) -> tuple[str, ...]:
+        return ("mid", "sft") if self.mid else ("sft",)
+
+    def chat_config(self, stage: str) -> str:
+        """The train_configs/ file of a chat stage this recipe runs."""
+        if stage not in self.chat_stages:
+            raise ValueError(f"this recipe has no {stage} stage (it runs {', '.join(self.chat_stages)})")
+        return self.mid if stage == "mid" else self.sft
 
 
 RECIPES: dict[str, Recipe] = {

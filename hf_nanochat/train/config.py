@@ -28,6 +28,10 @@ class TrainConfig:
     depth: int = 20  # the one knob: width 64*depth, heads ceil(width/128)
     max_seq_len: int = 2048  # context length trained at
     num_kv_heads: int | None = None  # grouped-query attention; None = as many as query heads
+    # 2025-11: the Nov 2025 GPT; 2026: nanochat master's (value embeddings, sliding windows, smear,
+    # backout, residual scalars: NanoChatGPTConfig.from_depth's architecture="2026"), which only
+    # optimizer muon_adamw_2026 has parameter groups for
+    architecture: Literal["2025-11", "2026"] = "2025-11"
 
     # --- tokenizer and data -------------------------------------------------------------------
     tokenizer: str | None = None  # a saved tokenizer folder; null: train one (-> output_dir/tokenizer)
@@ -117,6 +121,11 @@ class TrainConfig:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.warmup_steps > 0 and self.warmup_ratio > 0:
             raise ValueError("set warmup_steps or warmup_ratio, not both")
+        if self.architecture == "2026" and self.optimizer != "muon_adamw_2026" and not (self.recipe == "nanochat-2026" and "optimizer" not in self.recipe_fixed):
+            raise ValueError(
+                f"architecture 2026 has value embeddings and residual scalars that optimizer {self.optimizer!r} has no groups for: "
+                "set optimizer: muon_adamw_2026 (or recipe: nanochat-2026, which picks it)"
+            )
         if self.recipe != "none":
             from hf_nanochat.train.recipe_2026 import DERIVED_KEYS
 
@@ -127,6 +136,15 @@ class TrainConfig:
         if unknown_trackers:
             raise ValueError(f"log_with: unknown trackers {sorted(unknown_trackers)} (tensorboard, wandb)")
         return self
+
+    def model_config(self, vocab_size: int, **token_ids):
+        """The NanoChatGPTConfig this recipe trains: its depth, architecture, context and kv heads."""
+        from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
+
+        return NanoChatGPTConfig.from_depth(
+            self.depth, vocab_size=vocab_size, max_position_embeddings=self.max_seq_len,
+            num_key_value_heads=self.num_kv_heads, architecture=self.architecture, **token_ids,
+        )
 
 
 def _type_name(tp) -> str:
@@ -147,6 +165,8 @@ def _coerce(name: str, value, tp):
     if origin is Literal:
         if value in typing.get_args(tp):
             return value
+        if isinstance(value, int) and not isinstance(value, bool) and str(value) in typing.get_args(tp):
+            return str(value)  # YAML reads `architecture: 2026` as a number
         raise ValueError(f"{name}: {value!r} is not one of {list(typing.get_args(tp))}")
     if origin is list:
         (item_tp,) = typing.get_args(tp)

@@ -18,6 +18,7 @@ import yaml
 from hf_nanochat.train.memory import GiB, estimate_memory, format_estimate, largest_device_batch, parse_size
 from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
 from hf_nanochat.train.config import load_config
+from hf_nanochat.train.recipe_2026 import apply_recipe
 
 
 def launch_topology(path: str | None) -> dict:
@@ -65,7 +66,8 @@ def recipe_memory(config, accelerate_config: str | None, on_gpu: bool = True) ->
     topo = launch_topology(accelerate_config)
     # precision: an explicit train-config choice wins; `auto` follows the launcher, else fp32.
     dtype = config.precision if config.precision != "auto" else (topo["mixed_precision"] or "fp32")
-    model = NanoChatGPTConfig.from_depth(config.depth, vocab_size=vocab_size(config), max_position_embeddings=config.max_seq_len, num_key_value_heads=config.num_kv_heads)
+    model = config.model_config(vocab_size(config))
+    config, _ = apply_recipe(config, model)  # a derived optimizer changes the optimizer state
     kwargs = dict(dtype=dtype, world_size=topo["world_size"], fsdp=topo["fsdp"], activation_checkpointing=topo["activation_checkpointing"], optimizer=config.optimizer, on_gpu=on_gpu, loss_chunk_tokens=config.loss_chunk_tokens)
     batch = 1 if config.device_batch_size == "auto" else config.device_batch_size
     return model, batch, kwargs
@@ -78,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     budget = args.gpu_memory
     layout = "FSDP full shard" if fsdp else ("DDP" if world > 1 else "1 process")
     print(
-        f"depth {config.depth} (vocab {model.vocab_size}), {dtype}, {config.optimizer}, {layout} x {world}, "
+        f"depth {config.depth} (vocab {model.vocab_size}), {dtype}, {kwargs['optimizer']}, {layout} x {world}, "
         f"activation checkpointing {'on' if kwargs['activation_checkpointing'] else 'off'}, seq {config.max_seq_len}"
         + (f", loss in chunks of {config.loss_chunk_tokens:,} tokens" if config.loss_chunk_tokens else "")
     )

@@ -43,7 +43,7 @@ from hf_nanochat.train.optim import apply_schedule, build_optimizer, lr_multipli
 from hf_nanochat.train.optim_2026 import apply_schedule_2026, build_muon_adamw_2026, polar_express_dtype
 from hf_nanochat.train.precision import LossScaledStep, PrecisionPlan, newton_schulz_dtype, resolve_precision
 from hf_nanochat.train.recipe_2026 import (
-    REF_DEPTH, derive_recipe, format_recipe, lr_multiplier_2026, model_scaling_params, muon_momentum_2026, weight_decay_multiplier,
+    apply_recipe, lr_multiplier_2026, muon_momentum_2026, weight_decay_multiplier,
 )
 from hf_nanochat.train.run_lock import run_lock
 from hf_nanochat.train.sharding import describe_sharding, export_skeleton, fsdp_plugin
@@ -392,38 +392,13 @@ def make_accelerator(config: TrainConfig):
     return accelerator, precision
 
 
-def derive_2026_recipe(config: TrainConfig, model) -> tuple[TrainConfig, list[str]]:
-    """`recipe: nanochat-2026`: batch, horizon, LRs and decay derived from the model's size as
-    nanochat master's base_train.py does (recipe_2026); the lines say where each number came from."""
-    if config.recipe != "nanochat-2026":
-        return config, []
-    from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
-    from hf_nanochat.modeling.modeling_nanochat_gpt import NanoChatGPTForCausalLM
-
-    # nanochat base_train.py: the d12 reference is the same model class at depth 12, on meta.
-    with torch.device("meta"):
-        reference = NanoChatGPTForCausalLM(NanoChatGPTConfig.from_depth(
-            REF_DEPTH, vocab_size=model.config.vocab_size, max_position_embeddings=config.max_seq_len))
-    derived = derive_recipe(model_scaling_params(model), model_scaling_params(reference), {k: getattr(config, k) for k in config.recipe_fixed})
-    config = dataclasses.replace(config, **{k: d.value for k, d in derived.items() if not k.startswith("_")}).validate()
-    return config, format_recipe(derived)
-
-
 def build_model(config: TrainConfig, tokenizer):
-    """A freshly initialised model of the recipe's depth (call set_seed first: same weights on every rank)."""
-    from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
+    """A freshly initialised model of the recipe's depth and architecture (call set_seed first: same weights on every rank)."""
     from hf_nanochat.modeling.modeling_nanochat_gpt import NanoChatGPTForCausalLM
 
-    model_config = NanoChatGPTConfig.from_depth(
-        config.depth,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=config.max_seq_len,
-        num_key_value_heads=config.num_kv_heads,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return NanoChatGPTForCausalLM(model_config)
+    return NanoChatGPTForCausalLM(config.model_config(
+        len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    ))
 
 
 @dataclass
@@ -448,7 +423,7 @@ class RunPlan:
         total_tokens = self.num_iterations * c.total_batch_size
         ns = str(self.ns_dtype).removeprefix("torch.")
         return "\n".join([
-            f"model      depth {c.depth}: width {m.hidden_size}, {_count(m.num_attention_heads, 'head')} "
+            f"model      nanochat {m.nanochat_architecture}, depth {c.depth}: width {m.hidden_size}, {_count(m.num_attention_heads, 'head')} "
             f"({m.num_key_value_heads} kv) x {m.head_dim}, vocab {m.vocab_size}, "
             f"context {c.max_seq_len}; {self.num_params:,} params ({_human(self.num_params)})",
             f"precision  {self.precision.mode}: {self.precision.reason}",
@@ -567,7 +542,7 @@ class PretrainRun:
         self.pipeline = pipeline or default_pipeline(config, acc)
         set_seed(config.seed)  # same initial weights on every rank
         model = build_model(config, self.pipeline.tokenizer)
-        config, recipe_lines = derive_2026_recipe(config, model)
+        config, recipe_lines = apply_recipe(config, model.config)
         self.plan = plan_run(config, model, acc, precision, resume_from)
         self.config, self.grad_accum = self.plan.config, self.plan.grad_accum
         acc.print("\n".join(recipe_lines + [self.plan.describe()]), flush=True)

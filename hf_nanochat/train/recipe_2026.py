@@ -135,6 +135,27 @@ def derive_recipe(n_scaling: int, n_scaling_ref: int, overrides: dict | None = N
     return out
 
 
+def apply_recipe(config, model_config):
+    """A TrainConfig with `recipe: nanochat-2026`'s numbers filled in for the model it trains
+    (`model_config`), and the plan lines saying where each came from; other recipes unchanged.
+    nanochat base_train.py: the d12 reference is the same model class at depth 12. Both are built
+    on the meta device (only parameter counts are read), so planning allocates nothing."""
+    if config.recipe != "nanochat-2026":
+        return config, []
+    import dataclasses
+
+    import torch
+
+    from hf_nanochat.modeling.modeling_nanochat_gpt import NanoChatGPTForCausalLM
+
+    with torch.device("meta"):
+        model = NanoChatGPTForCausalLM(model_config)
+        reference = NanoChatGPTForCausalLM(dataclasses.replace(config, depth=REF_DEPTH).model_config(model_config.vocab_size))
+    derived = derive_recipe(model_scaling_params(model), model_scaling_params(reference), {k: getattr(config, k) for k in config.recipe_fixed})
+    config = dataclasses.replace(config, **{k: d.value for k, d in derived.items() if not k.startswith("_")}).validate()
+    return config, format_recipe(derived)
+
+
 # The TrainConfig keys derive_recipe fills (the `_` entries are plan-only intermediates).
 DERIVED_KEYS = tuple(k for k in derive_recipe(10**8, 10**8) if not k.startswith("_"))
 
@@ -182,6 +203,6 @@ def weight_decay_multiplier(step: int, num_iterations: int, schedule: str = "cos
 
 
 __all__ = [
-    "RECIPES", "Derived", "architecture_2026_counts", "scaling_params", "model_scaling_params", "derive_recipe", "DERIVED_KEYS", "format_recipe",
+    "RECIPES", "Derived", "apply_recipe", "architecture_2026_counts", "scaling_params", "model_scaling_params", "derive_recipe", "DERIVED_KEYS", "format_recipe",
     "lr_multiplier_2026", "muon_momentum_2026", "weight_decay_multiplier",
 ]
