@@ -10,7 +10,7 @@ ramps 0.85 -> 0.95 over 300 steps in mid-training (mid_train.py `get_muon_moment
 its 0.95 default in SFT (chat_sft.py never sets it); neither stage clips gradients.
 What this module adds: the data (a YAML mixture rendered by the one injection-safe
 `render_conversation`, fed pre-tokenized as `input_ids` + `assistant_masks`), nanochat's
-optimizer and schedule (Muon + AdamW from `hf_nanochat.train.optim`, LR flat then linear warmdown),
+optimizer and schedule (its Nov 2025 or 2026 groups from `hf_nanochat.train.chat_optim`, LR flat then linear warmdown),
 the precision rule shared with pretraining, and the stage contract: read the previous stage's
 `save_pretrained` folder (or Hub id), write this stage's folder with the tokenizer.
 
