@@ -32,10 +32,11 @@ def randomise_zero_initialised(model: nn.Module) -> nn.Module:
     return model
 
 
-def tiny_model(vocab_size: int, depth: int = 2, seed: int = 0) -> NanoChatGPTForCausalLM:
-    """A random depth-`depth` model; different prompts give different logits."""
+def tiny_model(vocab_size: int, depth: int = 2, seed: int = 0, architecture: str = "2025-11") -> NanoChatGPTForCausalLM:
+    """A random depth-`depth` model; different prompts give different logits. A "2026" one has a
+    128-token short window (context 256) and a non-zero smear (its zero init is randomised too)."""
     torch.manual_seed(seed)
-    config = NanoChatGPTConfig.from_depth(depth, vocab_size=vocab_size, max_position_embeddings=256)
+    config = NanoChatGPTConfig.from_depth(depth, vocab_size=vocab_size, max_position_embeddings=256, architecture=architecture)
     return randomise_zero_initialised(NanoChatGPTForCausalLM(config).eval())
 
 

@@ -22,12 +22,12 @@ def tiny_tokenizer():
     return train_tokenizer(texts, vocab_size=VOCAB)
 
 
-def tiny_model(pretrained_like: bool = True, depth: int = 1, seed: int = 0) -> NanoChatGPTForCausalLM:
+def tiny_model(pretrained_like: bool = True, depth: int = 1, seed: int = 0, architecture: str = "2025-11") -> NanoChatGPTForCausalLM:
     """A depth-1 model. nanochat zero-initialises lm_head and the residual projections; a
     `pretrained_like` model gets small random values there instead, as a trained base has (LoRA
     on an all-zero head would receive no gradient)."""
     torch.manual_seed(seed)
-    cfg = NanoChatGPTConfig.from_depth(depth, vocab_size=VOCAB, max_position_embeddings=256)
+    cfg = NanoChatGPTConfig.from_depth(depth, vocab_size=VOCAB, max_position_embeddings=256, architecture=architecture)
     model = NanoChatGPTForCausalLM(cfg)
     if pretrained_like:
         with torch.no_grad():

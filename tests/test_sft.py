@@ -183,7 +183,7 @@ def test_lora_on_untrained_base_is_refused(tmp_path):
         run_sft_stage(_cfg(tmp_path, peft={"r": 4}), model=model, tokenizer=tok, train_dataset=Dataset.from_dict({"messages": _train_convs(4)["messages"]}))
 
 
-@pytest.mark.parametrize("name", ["mid.yaml", "sft.yaml", "mid_tiny_cpu.yaml", "sft_tiny_cpu.yaml"])
+@pytest.mark.parametrize("name", ["mid.yaml", "sft.yaml", "mid_tiny_cpu.yaml", "sft_tiny_cpu.yaml", "sft_2026.yaml", "sft_2026_tiny_cpu.yaml"])
 def test_recipes_parse(name):
     from pathlib import Path
 

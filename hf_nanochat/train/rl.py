@@ -32,7 +32,8 @@ from typing import Any
 import torch
 import yaml
 
-OPTIMIZERS = ("muon", "adamw")
+from hf_nanochat.train.chat_optim import CHAT_OPTIMIZERS as OPTIMIZERS
+
 # TRL loss types whose normalisation is by sampled tokens; see `loss_type` below.
 TOKEN_LEVEL_LOSSES = ("bnpo", "dapo")
 
@@ -61,11 +62,12 @@ class RLStageConfig:
     # --- loss (TRL)
     loss_type: str = "bnpo"  # nanochat normalises by the sampled tokens of each device batch
     # --- optimizer and schedule
-    optimizer: str = "muon"
+    optimizer: str = "auto"  # auto | muon | adamw | muon_adamw_2026, as in the SFT stage (hf_nanochat.train.chat_optim)
     matrix_lr: float = 0.02
     embedding_lr: float = 0.2
     unembedding_lr: float = 0.004
     adamw_matrix_lr: float = 0.004
+    scalar_lr: float = 0.5  # muon_adamw_2026 only: x0_lambdas (resid_lambdas get 1%)
     init_lr_frac: float = 0.05  # every LR above times this (nanochat chat_rl)
     weight_decay: float = 0.0
     max_grad_norm: float = 0.0  # nanochat's chat_rl does not clip; > 0 clips
@@ -344,15 +346,15 @@ def grpo_args(cfg: RLStageConfig, world_size: int, precision_args: dict[str, Any
 
 
 def build_rl_optimizer(model, cfg: RLStageConfig, device: torch.device):
-    """nanochat's Muon/AdamW groups (hf_nanochat.train.optim) at `init_lr_frac` of the base LRs;
-    Muon momentum stays 0.95 (chat_rl has no momentum ramp)."""
-    from hf_nanochat.train.optim import build_optimizer
-    from hf_nanochat.train.precision import newton_schulz_dtype
+    """nanochat's groups for `cfg.optimizer` (hf_nanochat.train.chat_optim) at `init_lr_frac` of the
+    base LRs; Muon momentum stays 0.95 (chat_rl has no momentum ramp)."""
+    from hf_nanochat.train.chat_optim import build_chat_optimizer
 
-    f = cfg.init_lr_frac
-    return build_optimizer(model, kind=cfg.optimizer, matrix_lr=cfg.matrix_lr * f, embedding_lr=cfg.embedding_lr * f,
-                           unembedding_lr=cfg.unembedding_lr * f, adamw_matrix_lr=cfg.adamw_matrix_lr * f,
-                           weight_decay=cfg.weight_decay, ns_dtype=newton_schulz_dtype(device))
+    return build_chat_optimizer(
+        model, cfg.optimizer, init_lr_frac=cfg.init_lr_frac, matrix_lr=cfg.matrix_lr, embedding_lr=cfg.embedding_lr,
+        unembedding_lr=cfg.unembedding_lr, adamw_matrix_lr=cfg.adamw_matrix_lr, scalar_lr=cfg.scalar_lr,
+        weight_decay=cfg.weight_decay, precision=cfg.precision, device=device,
+    )
 
 
 def linear_decay(optimizer, num_steps: int):
@@ -385,6 +387,7 @@ def run_rl_stage(cfg: RLStageConfig, *, model=None, tokenizer=None, train_datase
 
     from hf_nanochat.data.chat_data import build_mixture
     from hf_nanochat.data.tokenizer import load_tokenizer
+    from hf_nanochat.train.chat_optim import describe_optimizer
     from hf_nanochat.train.rewards import load_reward
     from hf_nanochat.train.sft import _latest_checkpoint, _resolve_local, trainer_precision_args
 
@@ -429,7 +432,8 @@ def run_rl_stage(cfg: RLStageConfig, *, model=None, tokenizer=None, train_datase
     num_steps = trainer.set_initial_training_values(args, trainer.get_train_dataloader())[-1]
     trainer.lr_scheduler = linear_decay(optimizer, num_steps)
     print(f"rl: {len(train_prompts):,} questions, {num_steps} steps of {cfg.examples_per_step} questions x "
-          f"{cfg.num_samples} samples, {args.gradient_accumulation_steps} device batches of {cfg.device_batch_size} per process"
+          f"{cfg.num_samples} samples, {args.gradient_accumulation_steps} device batches of {cfg.device_batch_size} per process, "
+          f"optimizer {describe_optimizer(cfg.optimizer, model.config)}"
           + (f", pass@1..{cfg.eval_num_samples} on {len(eval_records)} questions" if eval_records else ""), flush=True)
 
     last = _latest_checkpoint(Path(args.output_dir)) if cfg.resume else None

@@ -10,7 +10,7 @@ ramps 0.85 -> 0.95 over 300 steps in mid-training (mid_train.py `get_muon_moment
 its 0.95 default in SFT (chat_sft.py never sets it); neither stage clips gradients.
 What this module adds: the data (a YAML mixture rendered by the one injection-safe
 `render_conversation`, fed pre-tokenized as `input_ids` + `assistant_masks`), nanochat's
-optimizer and schedule (Muon + AdamW from `hf_nanochat.train.optim`, LR flat then linear warmdown),
+optimizer and schedule (its Nov 2025 or 2026 groups from `hf_nanochat.train.chat_optim`, LR flat then linear warmdown),
 the precision rule shared with pretraining, and the stage contract: read the previous stage's
 `save_pretrained` folder (or Hub id), write this stage's folder with the tokenizer.
 
@@ -31,10 +31,11 @@ import torch
 import yaml
 from transformers import TrainerCallback
 
+from hf_nanochat.train.chat_optim import CHAT_OPTIMIZERS as OPTIMIZERS
+from hf_nanochat.train.chat_optim import CONSTANT_MUON_MOMENTUM  # nanochat SFT at 06677c3: never scheduled (scripts/chat_sft.py)
+
 STAGES = ("mid", "sft")
-OPTIMIZERS = ("muon", "adamw")
 LOSS_TOKENS = ("all", "assistant")
-CONSTANT_MUON_MOMENTUM = 0.95  # nanochat SFT: Muon's default, never scheduled (scripts/chat_sft.py)
 # nanochat's Linear names; PEFT matches a target by name suffix, so "c_proj" hits both the
 # attention output and the MLP output projections ("attn.c_proj" / "mlp.c_proj" pick one).
 LORA_TARGETS = ("c_q", "c_k", "c_v", "c_proj", "c_fc", "attn.c_proj", "mlp.c_proj")
@@ -78,15 +79,18 @@ class SFTStageConfig:
     gradient_accumulation_steps: int | None = None  # explicit accumulation instead of a target (default 1)
     num_epochs: float = 1.0
     max_steps: int = -1  # > 0 overrides num_epochs
-    optimizer: str = "muon"  # muon | adamw (nanochat's param groups); with peft: AdamW on the adapters
+    # auto (muon for a Nov 2025 model, muon_adamw_2026 for a 2026 one) | muon | adamw |
+    # muon_adamw_2026 (hf_nanochat.train.chat_optim); with peft: AdamW on the adapters
+    optimizer: str = "auto"
     matrix_lr: float = 0.02
-    embedding_lr: float = 0.2
+    embedding_lr: float = 0.2  # muon_adamw_2026: wte; value_embeds get half
     unembedding_lr: float = 0.004
     adamw_matrix_lr: float = 0.004  # block matrices when optimizer is adamw
+    scalar_lr: float = 0.5  # muon_adamw_2026 only: x0_lambdas (resid_lambdas get 1%)
     learning_rate: float = 1e-3  # LoRA adapters' AdamW LR
     init_lr_frac: float = 1.0  # every LR above times this (nanochat: 1.0 mid, 0.02 SFT)
     warmdown_ratio: float = 0.2  # LR flat, then linear to 0 over this last fraction (1.0 = linear decay, nanochat SFT)
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # muon/adamw: every group; muon_adamw_2026: Muon's (its AdamW groups have their own)
     max_grad_norm: float = 0.0  # 0 = no clipping (nanochat's mid_train.py and chat_sft.py clip neither)
     loss_tokens: str | None = None  # "all" | "assistant"; default per stage: mid all (nanochat), sft assistant
     muon_momentum_ramp: bool | None = None  # 0.85 -> 0.95 over 300 steps; default per stage: mid yes, sft no (constant 0.95)
@@ -109,8 +113,8 @@ class SFTStageConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if isinstance(self.peft, dict):
             self.peft = LoraSection(**self.peft)
-        if self.peft is not None and self.optimizer == "muon":
-            raise ValueError("optimizer: muon orthogonalises full weight matrices; LoRA adapters train with optimizer: adamw")
+        if self.peft is not None and self.optimizer in ("muon", "muon_adamw_2026"):
+            raise ValueError(f"optimizer: {self.optimizer} orthogonalises full weight matrices; LoRA adapters train with optimizer: adamw")
         if not self.train_data:
             raise ValueError("data.train must list at least one source")
         if not 0.0 <= self.warmdown_ratio <= 1.0:
@@ -236,27 +240,20 @@ class NanochatSchedule(torch.optim.lr_scheduler.LambdaLR):
 
 
 def build_stage_optimizer(model, cfg: SFTStageConfig, device: torch.device) -> torch.optim.Optimizer:
-    """Full fine-tuning: nanochat's Muon/AdamW groups (hf_nanochat.train.optim). LoRA: AdamW over the
-    trainable adapter weights. Every LR is scaled by `init_lr_frac`."""
+    """Full fine-tuning: nanochat's groups for `cfg.optimizer` (hf_nanochat.train.chat_optim). LoRA:
+    AdamW over the trainable adapter weights. Every LR is scaled by `init_lr_frac`."""
     if cfg.peft is not None:
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.learning_rate * cfg.init_lr_frac, betas=(0.8, 0.95), eps=1e-10, weight_decay=cfg.weight_decay)
         for group in opt.param_groups:
             group["kind"] = "adamw"
         return opt
-    from hf_nanochat.train.optim import build_optimizer
-    from hf_nanochat.train.precision import newton_schulz_dtype
+    from hf_nanochat.train.chat_optim import build_chat_optimizer
 
-    f = cfg.init_lr_frac
-    return build_optimizer(
-        model,
-        kind=cfg.optimizer,
-        matrix_lr=cfg.matrix_lr * f,
-        embedding_lr=cfg.embedding_lr * f,
-        unembedding_lr=cfg.unembedding_lr * f,
-        adamw_matrix_lr=cfg.adamw_matrix_lr * f,
-        weight_decay=cfg.weight_decay,
-        ns_dtype=newton_schulz_dtype(device),
+    return build_chat_optimizer(
+        model, cfg.optimizer, init_lr_frac=cfg.init_lr_frac, matrix_lr=cfg.matrix_lr, embedding_lr=cfg.embedding_lr,
+        unembedding_lr=cfg.unembedding_lr, adamw_matrix_lr=cfg.adamw_matrix_lr, scalar_lr=cfg.scalar_lr,
+        weight_decay=cfg.weight_decay, precision=cfg.precision, device=device,
     )
 
 
@@ -387,6 +384,7 @@ def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_data
     from hf_nanochat.data.tokenizer import load_tokenizer
 
     from hf_nanochat.model_folder import check_model_source, check_tokenizer_source
+    from hf_nanochat.train.chat_optim import describe_optimizer
     from hf_nanochat.train.progress import interactive, quiet_library_progress_bars
 
     bars = interactive()  # not a terminal: Trainer prints its logs as lines, no tqdm refreshes
@@ -411,6 +409,7 @@ def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_data
     if len(tokenizer) > model.config.vocab_size:
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's vocabulary is {model.config.vocab_size}")
     refuse_if_stage_too_big(cfg, model.config, device, world_size, precision_args)
+    optimizer_plan = "lora-adamw" if cfg.peft else describe_optimizer(cfg.optimizer, model.config)  # a wrong choice fails here
 
     record: dict[str, Any] = {"loss_tokens": cfg.loss_tokens, "train": [], "eval": []}
     if train_dataset is None:
@@ -479,7 +478,7 @@ def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_data
     # The schedule's horizon depends on how many packed rows TRL made; Trainer passes the same
     # number to create_scheduler when training starts.
     num_steps = trainer.set_initial_training_values(args, trainer.get_train_dataloader())[-1]
-    print(f"{cfg.stage}: {num_steps} optimizer steps, optimizer {'lora-adamw' if cfg.peft else cfg.optimizer}")
+    print(f"{cfg.stage}: {num_steps} optimizer steps, optimizer {optimizer_plan}")
 
     if trainer.is_world_process_zero():  # before training, so even a crashed run's folder says what it read
         write_stage_record(out, cfg.stage, record, previous=base if Path(base).is_dir() else None)

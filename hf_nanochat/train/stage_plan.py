@@ -72,11 +72,13 @@ def base_eval_peak(model_config, seq_len: int, dtype: str, on_gpu: bool, batch_s
 
 def chat_stage_peak(cfg, model_config, topology: dict, on_gpu: bool) -> StagePeak:
     """`mid step` / `sft step` for an SFTStageConfig."""
+    from hf_nanochat.train.chat_optim import resolve_optimizer
+
     est = estimate_chat_memory(
         model_config, cfg.per_device_train_batch_size, cfg.max_length, packing=cfg.packing,
         dtype=compute_dtype(cfg.precision, topology["mixed_precision"]), world_size=topology["world_size"], fsdp=topology["fsdp"],
         activation_checkpointing=topology["activation_checkpointing"] or cfg.activation_checkpointing,
-        optimizer="adamw" if cfg.peft is not None else cfg.optimizer, on_gpu=on_gpu,
+        optimizer="adamw" if cfg.peft is not None else resolve_optimizer(cfg.optimizer, model_config), on_gpu=on_gpu,
     )
     target = "tokens_per_step" if cfg.tokens_per_step else "conversations_per_step" if cfg.conversations_per_step else "gradient_accumulation_steps"
     return StagePeak(f"{cfg.stage} step", est, f"per_device_train_batch_size (accumulation follows from {target}), or activation_checkpointing: true")
