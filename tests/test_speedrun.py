@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from hf_nanochat.speedrun.pipeline import build_stages
 from hf_nanochat.speedrun.recipes import CONFIG_DIRS, RECIPES
@@ -125,7 +126,8 @@ def test_report_numbers_come_from_the_run(run):
 def test_every_recipe_plans_without_running(tmp_path):
     for name, recipe in RECIPES.items():
         stages = build_stages(recipe, tmp_path / name, CONFIG_DIRS["launch"] / recipe.launch_config)
-        assert [s.name for s in stages] == ["tokenizer", "base", "base_eval", "core_eval", "mid", "mid_eval", "sft", "sft_eval"]
+        mid = ["mid", "mid_eval"] if recipe.mid else []  # nanochat 2026 recipes go base -> SFT
+        assert [s.name for s in stages] == ["tokenizer", "base", "base_eval", "core_eval", *mid, "sft", "sft_eval"]
         out = subprocess.run(
             [sys.executable, "-m", "hf_nanochat.cli", "speedrun", name, "--dry-run", "--output", str(tmp_path / name)],
             capture_output=True, text=True, check=True,
@@ -149,3 +151,28 @@ def test_missing_chat_data_file_is_refused_before_any_stage(tmp_path, monkeypatc
     assert pipeline.missing_data_files(RECIPES["tiny_cpu"], with_rl=True) == []  # offline recipes name no files
     (tmp_path / "identity_conversations.jsonl").write_text("[]\n")
     assert pipeline.missing_data_files(RECIPES["p100"], with_rl=False) == []
+
+
+def test_tiny_cpu_2026_goes_base_to_sft_on_the_2026_model(tmp_path):
+    """The 2026 recipes' shape end to end: a 2026 base trained with recipe nanochat-2026 and
+    best-fit rows, no mid-training, SFT from the base model with MuonAdamW2026, report and card."""
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "hf_nanochat.cli", "speedrun", "tiny_cpu_2026", "--output", str(out)],
+                          env={**os.environ, "OMP_NUM_THREADS": "2"}, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "stages: tokenizer -> base -> base_eval -> core_eval -> sft -> sft_eval -> report" in done.stdout
+    assert not (out / "mid").exists()
+    base_config = json.loads((out / "base" / "model" / "config.json").read_text())
+    sft_config = json.loads((out / "sft" / "config.json").read_text())
+    assert base_config["nanochat_architecture"] == sft_config["nanochat_architecture"] == "2026"
+    saved = yaml.safe_load((out / "base" / "train_config.yaml").read_text())
+    assert (saved["optimizer"], saved["packing"], saved["grad_clip"], saved["warmdown_ratio"]) == ("muon_adamw_2026", "best_fit", 0.0, 0.65)
+    metrics = [json.loads(line) for line in (out / "base" / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 60 and metrics[-1]["loss"] < metrics[0]["loss"] and "data_dropped_frac" in metrics[-1]
+    sft = [json.loads(line)["loss"] for line in (out / "sft" / "metrics.jsonl").read_text().splitlines()]
+    assert sft[-1] < sft[0]
+    used = json.loads((out / "sft" / "data_used.json").read_text())["stages"]
+    assert list(used) == ["base", "sft"]
+    md = (out / "report.md").read_text()
+    assert "- architecture: nanochat 2026" in md and "| sft | done |" in md and "| mid |" not in md
+    assert (out / "sft" / "report.md").read_text() == md

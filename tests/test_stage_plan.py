@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from accelerate.state import AcceleratorState
 
-from hf_nanochat.speedrun.pipeline import chat_stage_config, memory_budget, stage_peaks
+from hf_nanochat.speedrun.pipeline import chat_stage_config, load_train_config, memory_budget, stage_peaks
 from hf_nanochat.speedrun.recipes import CONFIG_DIRS, RECIPES
 from hf_nanochat.train import stage_plan
 from hf_nanochat import NanoChatGPTConfig
@@ -26,7 +26,12 @@ PINNED = {
     "h100x8": {"base step": 78.4, "base val": 34.58, "base eval": 14.94, "mid step": 45.92, "sft step": 28.4, "chat eval": 11.14},
     "3b": {"base step": 55.5, "base val": 16.44, "base eval": 20.32, "mid step": 75.49, "sft step": 18.27, "chat eval": 17.03},
     "7b": {"base step": 51.32, "base val": 17.79, "base eval": 29.02, "mid step": 71.84, "sft step": 27.48, "chat eval": 26.34},
+    # nanochat 2026: no mid-training
+    "gpt2_speedrun": {"base step": 66.73, "base val": 27.53, "base eval": 10.66, "sft step": 68.27, "chat eval": 8.94},
+    "d12_2026": {"base step": 69.9, "base val": 30.24, "base eval": 8.07, "sft step": 59.03, "chat eval": 6.14},
+    "p100_2026": {"base step": 13.25, "base val": 7.36, "base eval": 8.07, "sft step": 13.64, "chat eval": 6.14},
 }
+CHAT_STAGES = [(name, stage) for name in sorted(PINNED) for stage in RECIPES[name].chat_stages]
 
 
 @pytest.fixture(autouse=True)
@@ -55,14 +60,13 @@ def test_the_cpu_recipe_fits_this_machine():
     assert all(p.estimate.total <= memory_budget(RECIPES["tiny_cpu"]) for p in peaks.values())
 
 
-@pytest.mark.parametrize("name", sorted(PINNED))
-@pytest.mark.parametrize("stage", ["mid", "sft"])
+@pytest.mark.parametrize("name,stage", CHAT_STAGES)
 def test_chat_device_batches_are_the_planners_pick(name, stage):
     """The largest device batch that divides the stage's target on this many devices and fits."""
     recipe = RECIPES[name]
     topology = launch_topology(str(CONFIG_DIRS["launch"] / recipe.launch_config))
     chosen = chat_stage_config(recipe, stage)
-    model = NanoChatGPTConfig.from_depth(_depth(recipe), vocab_size=recipe.tokenizer_vocab_size)
+    model = load_train_config(recipe.base).model_config(recipe.tokenizer_vocab_size)
     fitting = []
     for batch in range(1, 65):
         cfg = dataclasses.replace(chosen, per_device_train_batch_size=batch)
@@ -73,12 +77,6 @@ def test_chat_device_batches_are_the_planners_pick(name, stage):
         if stage_plan.chat_stage_peak(cfg, model, topology, on_gpu=True).estimate.total <= memory_budget(recipe):
             fitting.append(batch)
     assert chosen.per_device_train_batch_size == max(fitting)
-
-
-def _depth(recipe):
-    from hf_nanochat.speedrun.pipeline import load_train_config
-
-    return load_train_config(recipe.base).depth
 
 
 def test_packed_rows_cost_what_separate_rows_cost():
@@ -137,3 +135,22 @@ def test_chat_stage_refuses_before_tokenizing(tmp_path, monkeypatch):
     with pytest.raises(stage_plan.MemoryPlanError, match="mid step: .* lower per_device_train_batch_size .*tokens_per_step"):
         run_sft_stage(cfg, model=tiny_model(), tokenizer=tiny_tokenizer(), train_dataset=chat_data.build_mixture(cfg.train_data, seed=0))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name,steps,batch", [("gpt2_speedrun", 5568, 2**20), ("d12_2026", 2520, 2**19), ("p100_2026", 2520, 2**19)])
+def test_2026_recipes_plan_nanochat_numbers_and_go_base_to_sft(name, steps, batch, tmp_path):
+    """nanochat runs/speedrun.sh (d24, ratio 8) and the d12 reference (ratio 12): the horizon and
+    batch come from the depth; SFT starts from the base model with the base run's batch."""
+    from hf_nanochat.speedrun.pipeline import build_stages, format_plan, plan
+
+    recipe = RECIPES[name]
+    launch = CONFIG_DIRS["launch"] / recipe.launch_config
+    p = plan(recipe, name, launch)
+    assert (p["architecture"], p["steps"], p["total_batch_size"]) == ("2026", steps, batch)
+    stages = build_stages(recipe, tmp_path, launch)
+    assert f"base: {steps:,} steps of {batch:,} tokens (recipe nanochat-2026" in format_plan(p, stages)
+    sft = next(s for s in stages if s.name == "sft")
+    assert f"--model={tmp_path / 'base' / 'model'}" in sft.command and "mid" not in [s.name for s in stages]
+    assert chat_stage_config(recipe, "sft").tokens_per_step == batch
+    with pytest.raises(ValueError, match="this recipe has no mid stage"):
+        chat_stage_config(recipe, "mid")

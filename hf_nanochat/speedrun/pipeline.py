@@ -69,7 +69,7 @@ def build_stages(recipe: Recipe, out: Path, launch_config: Path, with_rl: bool =
     ] if with_rl else []
     mid_stages = [
         Stage("mid", _launched(launch_config, "train", "--config", str(train_dir / recipe.mid), "--resume",
-                               f"--model={base / 'model'}", f"--output_dir={mid}", *_device_batch(recipe.mid_device_batch)),
+                               f"--model={base / 'model'}", f"--output_dir={mid}", *_chat_args(recipe, "mid")),
               mid / "config.json", True),
         Stage("mid_eval", _cli("eval", str(mid), *eval_chat, "--out", str(out / "eval_mid.json")), out / "eval_mid.json"),
     ] if recipe.mid else []
@@ -87,26 +87,32 @@ def build_stages(recipe: Recipe, out: Path, launch_config: Path, with_rl: bool =
         *mid_stages,
         Stage("sft", _launched(launch_config, "train", "--config", str(train_dir / recipe.sft), "--resume",
                                f"--model={mid if recipe.mid else base / 'model'}", f"--output_dir={sft}",
-                               *_device_batch(recipe.sft_device_batch)),
+                               *_chat_args(recipe, "sft")),
               sft / "config.json", True),
         Stage("sft_eval", _cli("eval", str(sft), *eval_chat, "--out", str(out / "eval_sft.json")), out / "eval_sft.json"),
         *rl,
     ]
 
 
-def _device_batch(batch: int | None) -> list[str]:
-    return [f"--per_device_train_batch_size={batch}"] if batch else []
+def chat_overrides(recipe: Recipe, stage: str) -> dict:
+    """The mid/SFT recipe keys this hardware recipe sets (its device batch, its SFT batch)."""
+    values = {"per_device_train_batch_size": recipe.mid_device_batch if stage == "mid" else recipe.sft_device_batch,
+              "tokens_per_step": recipe.sft_tokens_per_step if stage == "sft" else None}
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _chat_args(recipe: Recipe, stage: str) -> list[str]:
+    return [f"--{k}={v}" for k, v in chat_overrides(recipe, stage).items()]
 
 
 def chat_stage_config(recipe: Recipe, stage: str):
-    """The mid/SFT recipe as this hardware runs it (the recipe's device batch applied)."""
+    """The mid/SFT recipe as this hardware runs it (chat_overrides applied)."""
     import dataclasses
 
     from hf_nanochat.train.sft import SFTStageConfig
 
     cfg = SFTStageConfig.from_yaml(CONFIG_DIRS["train"] / recipe.chat_config(stage))
-    batch = recipe.mid_device_batch if stage == "mid" else recipe.sft_device_batch
-    return dataclasses.replace(cfg, per_device_train_batch_size=batch) if batch else cfg
+    return dataclasses.replace(cfg, **chat_overrides(recipe, stage))
 
 
 def stage_peaks(recipe: Recipe, launch_config: Path) -> list:
@@ -179,6 +185,8 @@ def plan(recipe: Recipe, name: str, launch_config: Path) -> dict:
     cfg, _ = apply_recipe(cfg, model)  # recipe nanochat-2026: batch and horizon derived from the depth
     shape = model_shape(cfg.depth, vocab_size=model.vocab_size, seq_len=cfg.max_seq_len, architecture=cfg.architecture)
     steps, horizon = resolve_horizon(cfg, shape["params"], shape["flops_per_token"])
+    if cfg.recipe != "none" and "num_iterations" not in cfg.recipe_fixed:
+        horizon = f"recipe {cfg.recipe}: tokens:params {cfg.target_param_data_ratio:g} x scaling params // batch"
     tokens = steps * cfg.total_batch_size
     flops = shape["flops_per_token"] * tokens
     rate = PEAK_FLOPS[recipe.gpu] * GPU_MFU_ASSUMED * recipe.num_devices if recipe.gpu else CPU_FLOPS_ASSUMED

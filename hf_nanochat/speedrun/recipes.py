@@ -38,6 +38,9 @@ class Recipe:
     # (hf_nanochat.train.stage_plan; tests/test_stage_plan.py checks each is the planner's pick).
     mid_device_batch: int | None = None  # None: the mid recipe's own
     sft_device_batch: int | None = None
+    # nanochat 2026's SFT takes the base run's total batch (scripts/chat_sft.py reads it from the
+    # checkpoint): set where it differs from the SFT recipe's tokens_per_step. None: the recipe's own.
+    sft_tokens_per_step: int | None = None
 
     @property
     def chat_stages(self) -> tuple[str, ...]:
@@ -50,6 +53,8 @@ class Recipe:
         return self.mid if stage == "mid" else self.sft
 
 
+SFT_2026_BATCH = {"gpt2_speedrun": 8, "d12_2026": 32, "p100_2026": 4}  # the planner's picks (tests/test_stage_plan.py)
+
 RECIPES: dict[str, Recipe] = {
     "tiny_cpu": Recipe(
         "a tiny model on 2 CPU cores, offline, in minutes: checks the whole pipeline",
@@ -57,6 +62,13 @@ RECIPES: dict[str, Recipe] = {
         tokenizer_data="offline", tokenizer_vocab_size=4096, tokenizer_max_chars=3_000_000,
         base_eval_batches=16, chat_tasks=("SpellingBee",), chat_max_problems=16, spelling_words="bundled",
         # offline: the synthetic smoke bundle (NOT CORE, labelled so) exercises the CORE stage
+        core_bundle="offline-smoke", core_max_per_task=16,
+    ),
+    "tiny_cpu_2026": Recipe(
+        "tiny_cpu on nanochat's 2026 model, recipe and SFT (no mid-training), offline, in minutes",
+        "cpu.yaml", "tiny_cpu_2026.yaml", None, "sft_2026_tiny_cpu.yaml", rl="rl_tiny_cpu.yaml",
+        tokenizer_data="offline", tokenizer_vocab_size=4096, tokenizer_max_chars=3_000_000,
+        base_eval_batches=16, chat_tasks=("SpellingBee",), chat_max_problems=16, spelling_words="bundled",
         core_bundle="offline-smoke", core_max_per_task=16,
     ),
     "p100": Recipe(
@@ -80,5 +92,22 @@ RECIPES: dict[str, Recipe] = {
     "7b": Recipe(
         "d52 (7.35B) in bf16 with FSDP on 8 GPUs (the seed guide's run7b.sh)", "fsdp.yaml", "7b.yaml", "mid.yaml",
         "sft.yaml", gpu="H100", num_devices=8, dollars_per_hour=24.0, gpu_memory_gib=80, mid_device_batch=16, sft_device_batch=4,
+    ),
+    # nanochat 2026 (architecture, MuonAdamW, recipe derived from depth, ClimbMix, best-fit rows;
+    # base -> SFT, no mid-training). The SFT batch is the base run's, as chat_sft.py inherits it.
+    "gpt2_speedrun": Recipe(
+        "nanochat's 2026 GPT-2 speedrun: d24 at tokens:params 8 in bf16 on 8x H100 (runs/speedrun.sh)",
+        "multi_gpu.yaml", "gpt2_speedrun_d24.yaml", None, "sft_2026.yaml", tokenizer_data="climbmix", tokenizer_vocab_size=32768,
+        gpu="H100", num_devices=8, dollars_per_hour=24.0, gpu_memory_gib=80, sft_device_batch=SFT_2026_BATCH["gpt2_speedrun"],
+    ),
+    "d12_2026": Recipe(
+        "nanochat's 2026 d12 at tokens:params 12 in bf16 on one 80 GB GPU", "single_gpu.yaml", "d12_2026.yaml", None,
+        "sft_2026.yaml", tokenizer_data="climbmix", tokenizer_vocab_size=32768, gpu="H100", dollars_per_hour=3.0,
+        gpu_memory_gib=80, sft_device_batch=SFT_2026_BATCH["d12_2026"], sft_tokens_per_step=2**19,
+    ),
+    "p100_2026": Recipe(
+        "nanochat's 2026 d12 in fp16 on one 16 GB P100", "p100.yaml", "d12_2026_p100.yaml", None, "sft_2026.yaml",
+        tokenizer_data="climbmix", tokenizer_vocab_size=32768, gpu="P100", dollars_per_hour=1.5, core_max_per_task=500,
+        gpu_memory_gib=16, sft_device_batch=SFT_2026_BATCH["p100_2026"], sft_tokens_per_step=2**19,
     ),
 }
