@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from accelerate.state import AcceleratorState
 
@@ -71,3 +72,26 @@ def test_schedules_follow_the_config():
     assert schedules_at(cfg, 1000, 1000) == pytest.approx((0.05, 0.90, 0.0), abs=1e-12)
     today = config_from_dict({})
     assert schedules_at(today, 0, 100) == pytest.approx((1.0, 0.85, 1.0))  # Nov 2025 recipe unchanged
+
+
+@pytest.mark.slow
+def test_2026_model_in_fp16_with_loss_scaling(data, tmp_path):
+    """What the p100_2026 recipe runs (fp16 autocast + dynamic loss scaling, MuonAdamW2026), on
+    CPU: overflowing first steps are skipped with the scale halved, every parameter (embeddings and
+    value embeddings too) stays fp32, and the losses track the same run in fp32."""
+    runs = {}
+    for precision in ("fp16", "fp32"):
+        out = tmp_path / precision
+        values = overrides(data, out) | dict(precision=precision, fp16_init_scale=2.0**24, save_every=-1, num_iterations=12)
+        train(config_from_dict(values))
+        runs[precision] = metrics(out)
+    fp16 = runs["fp16"]
+    assert fp16[0]["skipped"] and fp16[0]["loss_scale"] == 2.0**23 and not any(m["skipped"] for m in fp16[-4:])
+    applied = [m["step"] for m in fp16 if not m["skipped"]]
+    assert fp16[-1]["loss"] < fp16[applied[0] - 1]["loss"]
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "fp16" / "model", trust_remote_code=True)
+    assert model.config.nanochat_architecture == "2026" and {p.dtype for p in model.parameters()} == {torch.float32}
+    # fp16 matmuls round to ~1e-3 relative; the skipped steps shift the schedule by a few steps
+    assert fp16[-1]["loss"] == pytest.approx(runs["fp32"][-1 - len(fp16) + len(applied)]["loss"], rel=0.05)
