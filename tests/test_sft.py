@@ -77,6 +77,7 @@ def test_ten_step_sft_lowers_assistant_loss_and_saves_stage(tmp_path, base_dir, 
     after = assistant_loss(after_model, load_tokenizer(str(out)), convs)
     assert after < before - 0.5, (before, after)
     assert (out / "model.safetensors").exists() and (out / "modeling_nanochat_gpt.py").exists()
+    assert after_model.config.use_cache  # TRL switches the cache off for training, not for the saved model
     assert json.loads((out / "train_metrics.json").read_text())["global_step"] == 10
     assert SFTStageConfig.from_yaml(out / "stage_config.yaml").packing == packing
     stages = read_stage_records(out)  # what each stage read, the base's record carried along

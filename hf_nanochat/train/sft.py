@@ -493,6 +493,7 @@ def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_data
 
     if trainer.is_world_process_zero():
         out.mkdir(parents=True, exist_ok=True)
+    ready_for_inference(trainer.model)
     trainer.save_model(str(out))  # full model: save_pretrained + code files; LoRA: the adapter only
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(out))
@@ -505,6 +506,12 @@ def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_data
             json.dump(metrics, f, indent=2, default=float)
 
     return metrics
+
+
+def ready_for_inference(model) -> None:
+    """TRL turns the KV cache off in the config for training; the saved model is for generating."""
+    if getattr(model, "config", None) is not None:
+        model.config.use_cache = True
 
 
 class MetricsLog(TrainerCallback):
