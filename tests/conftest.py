@@ -16,6 +16,17 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps its state process-wide; a test that builds an Accelerator starts clean and
+    leaves nothing behind (modules opt in with `pytestmark = pytest.mark.usefixtures(...)`)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 # Marks transformers' common model tests (tests/test_transformers_common.py) put on their tests.
 TRANSFORMERS_TEST_MARKS = ("accelerate_tests", "flash_attn_test", "flash_attn_3_test", "flash_attn_4_test",
                            "torch_compile_test", "torch_export_test", "is_training_test", "generate")

@@ -44,6 +44,12 @@ def make_tokenizer(folder: Path, corpus: Path, vocab_size: int = 320) -> Path:
     return folder
 
 
+def corpus_and_tokenizer(root: Path, **sizes) -> tuple[Path, Path]:
+    """(corpus folder, tokenizer folder) under `root`: what a tiny run's `dataset`/`tokenizer` take."""
+    corpus = make_corpus(root / "corpus", **sizes)
+    return corpus, make_tokenizer(root / "tokenizer", corpus)
+
+
 def tiny_overrides(corpus: Path, tokenizer: Path, **extra) -> dict:
     """A run that takes a few seconds on one CPU core."""
     base = dict(

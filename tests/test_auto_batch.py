@@ -16,12 +16,7 @@ from hf_nanochat.train.config import config_from_dict
 sys.path.insert(0, str(Path(__file__).parent))
 from pretrain_helpers import make_corpus, make_tokenizer, tiny_overrides  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def test_initial_batch_and_halving_rules():

@@ -26,7 +26,7 @@ from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from pretrain_helpers import make_corpus, make_tokenizer, tiny_overrides  # noqa: E402
+from pretrain_helpers import corpus_and_tokenizer, tiny_overrides  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -73,9 +73,7 @@ def launch(script: Path, args: list[str], processes: int = 2, fsdp: bool = True)
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    corpus = make_corpus(root / "corpus", train_docs=1500, val_docs=100)
-    return corpus, make_tokenizer(root / "tokenizer", corpus)
+    return corpus_and_tokenizer(tmp_path_factory.mktemp("data"), train_docs=1500, val_docs=100)
 
 
 def cli_args(data, out: Path, *extra: str) -> list[str]:

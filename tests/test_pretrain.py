@@ -23,23 +23,16 @@ from hf_nanochat.train.pretrain import evaluate_bpb, list_checkpoints, train
 from hf_nanochat.train.config import config_from_dict
 
 sys.path.insert(0, str(Path(__file__).parent))
-from pretrain_helpers import make_corpus, make_tokenizer, tiny_overrides  # noqa: E402
+from pretrain_helpers import corpus_and_tokenizer, tiny_overrides  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    corpus = make_corpus(root / "corpus")
-    return corpus, make_tokenizer(root / "tokenizer", corpus)
+    return corpus_and_tokenizer(tmp_path_factory.mktemp("data"))
 
 
 def read_metrics(output_dir: Path) -> list[dict]:

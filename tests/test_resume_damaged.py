@@ -14,21 +14,14 @@ from hf_nanochat.train.config import config_from_dict
 from hf_nanochat.train.pretrain import train
 
 sys.path.insert(0, str(Path(__file__).parent))
-from pretrain_helpers import make_corpus, make_tokenizer, tiny_overrides  # noqa: E402
+from pretrain_helpers import corpus_and_tokenizer, tiny_overrides  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    corpus = make_corpus(root / "corpus", train_docs=1000, val_docs=100)
-    return corpus, make_tokenizer(root / "tokenizer", corpus)
+    return corpus_and_tokenizer(tmp_path_factory.mktemp("data"), train_docs=1000, val_docs=100)
 
 
 def overrides(data, out):

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from accelerate.state import AcceleratorState
 
 from hf_nanochat.speedrun.pipeline import chat_stage_config, load_train_config, memory_budget, stage_peaks
 from hf_nanochat.speedrun.recipes import CONFIG_DIRS, RECIPES
@@ -16,6 +15,8 @@ from hf_nanochat import NanoChatGPTConfig
 from hf_nanochat.train.memory import GiB, attention_mask_bytes, estimate_chat_memory
 from hf_nanochat.train.memory_cli import launch_topology
 from hf_nanochat.train.sft import accumulation_steps
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -32,13 +33,6 @@ PINNED = {
     "p100_2026": {"base step": 13.25, "base val": 7.36, "base eval": 8.07, "sft step": 13.64, "chat eval": 6.14},
 }
 CHAT_STAGES = [(name, stage) for name in sorted(PINNED) for stage in RECIPES[name].chat_stages]
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def _peaks(name):
