@@ -46,6 +46,11 @@ def zeropower_via_newtonschulz5(g: torch.Tensor, steps: int = 5, dtype: torch.dt
     return x.mT if tall else x
 
 
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """t in at least fp32 (statistics and AdamW math are never done in bf16/fp16)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def lr_multiplier(step: int, num_iterations: int, warmup_ratio: float = 0.0, warmdown_ratio: float = 0.2, final_lr_frac: float = 0.0) -> float:
     """nanochat's schedule at optimizer step `step` (0-based): optional linear warmup, flat,
     then linear warmdown to `final_lr_frac` over the last `warmdown_ratio` of the run."""
@@ -100,17 +105,20 @@ class MuonAdamW(torch.optim.Optimizer):
         return loss
 
     def _adamw_step(self, group: dict) -> None:
+        """torch's AdamW math (decoupled decay, bias correction) on fp32 copies of params kept in
+        a lower precision (nanochat stores wte/value_embeds in bf16); fp32 params step in place."""
         params = [p for p in group["params"] if p.grad is not None]
         for p in params:
             state = self.state[p]
             if not state:
                 state["step"] = torch.tensor(0.0)
-                state["exp_avg"] = torch.zeros_like(p)
-                state["exp_avg_sq"] = torch.zeros_like(p)
+                state["exp_avg"] = torch.zeros_like(p, dtype=_wide(p).dtype)
+                state["exp_avg_sq"] = torch.zeros_like(p, dtype=_wide(p).dtype)
+        work = [_wide(p) for p in params]  # p itself when already fp32
         beta1, beta2 = group["betas"]
         adamw_update(
-            params,
-            [p.grad for p in params],
+            work,
+            [p.grad.to(w.dtype) for p, w in zip(params, work)],
             [self.state[p]["exp_avg"] for p in params],
             [self.state[p]["exp_avg_sq"] for p in params],
             [],
@@ -123,6 +131,9 @@ class MuonAdamW(torch.optim.Optimizer):
             eps=group["eps"],
             maximize=False,
         )
+        for p, w in zip(params, work):
+            if w is not p:
+                p.copy_(w)
 
     def _muon_step(self, group: dict) -> None:
         # Every rank must walk the same list in the same order (ownership is by position).

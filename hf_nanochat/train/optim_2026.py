@@ -41,9 +41,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
-from torch.optim.adamw import adamw as adamw_update
 
-from hf_nanochat.train.optim import MuonAdamW, transform_across_ranks
+from hf_nanochat.train.optim import MuonAdamW, _wide, transform_across_ranks
 
 # Polar Express (Amsel et al. 2025, arXiv 2505.16932) for 5 iterations, safety factor 2e-2,
 # cushion 2: nanochat/optim.py `polar_express_coeffs`.
@@ -60,11 +59,6 @@ def polar_express_dtype(compute_mode: str) -> torch.dtype:
     """bf16 only where the run's compute dtype is bf16 (nanochat: `COMPUTE_DTYPE == bfloat16`);
     fp16 would overflow in X @ X^T, and fp32 runs (CPU, P100 fp16 master weights) stay fp32."""
     return torch.bfloat16 if compute_mode == "bf16" else torch.float32
-
-
-def _wide(t: torch.Tensor) -> torch.Tensor:
-    """t in at least fp32 (norms and statistics are never taken in bf16)."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 def equilibrate_rows(x: torch.Tensor) -> torch.Tensor:
@@ -143,37 +137,6 @@ class MuonAdamW2026(MuonAdamW):
         for group in self.param_groups:
             if group["kind"] == "muon":
                 group.setdefault("initial_weight_decay", group["weight_decay"])
-
-    def _adamw_step(self, group: dict) -> None:
-        """torch's AdamW math (decoupled decay, bias correction) on fp32 copies of params kept in
-        a lower precision (nanochat stores wte/value_embeds in bf16); fp32 params step in place."""
-        params = [p for p in group["params"] if p.grad is not None]
-        for p in params:
-            state = self.state[p]
-            if not state:
-                state["step"] = torch.tensor(0.0)
-                state["exp_avg"] = torch.zeros_like(p, dtype=_wide(p).dtype)
-                state["exp_avg_sq"] = torch.zeros_like(p, dtype=_wide(p).dtype)
-        work = [_wide(p) for p in params]  # p itself when already fp32
-        beta1, beta2 = group["betas"]
-        adamw_update(
-            work,
-            [p.grad.to(w.dtype) for p, w in zip(params, work)],
-            [self.state[p]["exp_avg"] for p in params],
-            [self.state[p]["exp_avg_sq"] for p in params],
-            [],
-            [self.state[p]["step"] for p in params],
-            amsgrad=False,
-            beta1=beta1,
-            beta2=beta2,
-            lr=group["lr"],
-            weight_decay=group["weight_decay"],
-            eps=group["eps"],
-            maximize=False,
-        )
-        for p, w in zip(params, work):
-            if w is not p:
-                p.copy_(w)
 
     def _muon_step(self, group: dict) -> None:
         # Every rank must walk the same list in the same order (work is split by position).
