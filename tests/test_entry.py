@@ -21,6 +21,11 @@ def test_the_launch_config_names_the_recipe(env, recipe, launch):
     assert f"launched like accelerate_configs/{launch}" in why and f"train_configs/{recipe}" in why
 
 
+def test_a_launch_shared_with_a_2026_recipe_keeps_its_recipe_and_names_the_other():
+    _, why = entry.default_base_config(_env("fp16"))
+    assert why.endswith("train_configs/d12_p100.yaml (also for this launch: --config train_configs/d12_2026_p100.yaml)")
+
+
 @pytest.mark.parametrize("env,message", [
     (_env("bf16", world=8, fsdp=True), r"matches several recipes \(3b.yaml, 7b.yaml\); pass --config"),
     (_env("no", world=2), "matches no speedrun recipe; pass --config"),  # cpu_ddp.yaml: no speedrun recipe uses it

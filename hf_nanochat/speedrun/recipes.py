@@ -41,6 +41,9 @@ class Recipe:
     # nanochat 2026's SFT takes the base run's total batch (scripts/chat_sft.py reads it from the
     # checkpoint): set where it differs from the SFT recipe's tokens_per_step. None: the recipe's own.
     sft_tokens_per_step: int | None = None
+    # `train.py` launched with this recipe's accelerate config and no --config trains this recipe's
+    # base config; False where another recipe shares the launch config and keeps it (the 2026 ones)
+    bare_launch_default: bool = True
 
     @property
     def chat_stages(self) -> tuple[str, ...]:
@@ -70,6 +73,7 @@ RECIPES: dict[str, Recipe] = {
         tokenizer_data="offline", tokenizer_vocab_size=4096, tokenizer_max_chars=3_000_000,
         base_eval_batches=16, chat_tasks=("SpellingBee",), chat_max_problems=16, spelling_words="bundled",
         core_bundle="offline-smoke", core_max_per_task=16,
+        bare_launch_default=False,
     ),
     "p100": Recipe(
         "d12 in fp16 on one 16 GB P100 (the seed guide's speedrun_p100.sh)",
@@ -99,15 +103,18 @@ RECIPES: dict[str, Recipe] = {
         "nanochat's 2026 GPT-2 speedrun: d24 at tokens:params 8 in bf16 on 8x H100 (runs/speedrun.sh)",
         "multi_gpu.yaml", "gpt2_speedrun_d24.yaml", None, "sft_2026.yaml", tokenizer_data="climbmix", tokenizer_vocab_size=32768,
         gpu="H100", num_devices=8, dollars_per_hour=24.0, gpu_memory_gib=80, sft_device_batch=SFT_2026_BATCH["gpt2_speedrun"],
+        bare_launch_default=False,
     ),
     "d12_2026": Recipe(
         "nanochat's 2026 d12 at tokens:params 12 in bf16 on one 80 GB GPU", "single_gpu.yaml", "d12_2026.yaml", None,
         "sft_2026.yaml", tokenizer_data="climbmix", tokenizer_vocab_size=32768, gpu="H100", dollars_per_hour=3.0,
         gpu_memory_gib=80, sft_device_batch=SFT_2026_BATCH["d12_2026"], sft_tokens_per_step=2**19,
+        bare_launch_default=False,
     ),
     "p100_2026": Recipe(
         "nanochat's 2026 d12 in fp16 on one 16 GB P100", "p100.yaml", "d12_2026_p100.yaml", None, "sft_2026.yaml",
         tokenizer_data="climbmix", tokenizer_vocab_size=32768, gpu="P100", dollars_per_hour=1.5, core_max_per_task=500,
         gpu_memory_gib=16, sft_device_batch=SFT_2026_BATCH["p100_2026"], sft_tokens_per_step=2**19,
+        bare_launch_default=False,
     ),
 }

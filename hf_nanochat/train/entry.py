@@ -100,14 +100,17 @@ def default_base_config(env: dict | None = None) -> tuple[Path, str] | None:
     if signature is None:
         return None
     launch = [p.name for p in sorted(CONFIG_DIRS["launch"].glob("*.yaml")) if config_signature(p) == signature]
-    matches = {r.base: (name, r.launch_config) for name, r in RECIPES.items() if r.launch_config in launch}
+    matches = {r.base: (name, r.launch_config) for name, r in RECIPES.items() if r.launch_config in launch and r.bare_launch_default}
+    others = [r.base for r in RECIPES.values() if r.launch_config in launch and not r.bare_launch_default]
     precision, fsdp, world, cpu = signature
     seen = f"{world} process{'es' if world > 1 else ''}, mixed precision {precision}" + (", FSDP" if fsdp else "") + (", CPU" if cpu else "")
     if len(matches) != 1:
         found = f"several recipes ({', '.join(sorted(matches))})" if matches else "no speedrun recipe"
         raise SystemExit(f"train.py without --config: this launch ({seen}) matches {found}; pass --config. The recipes:\n" + _recipe_list())
     base, (name, launch_config) = next(iter(matches.items()))
-    return CONFIG_DIRS["train"] / base, f"no --config: launched like accelerate_configs/{launch_config} ({seen}), so the speedrun {name!r} recipe train_configs/{base}"
+    also = f" (also for this launch: {', '.join(f'--config train_configs/{b}' for b in others)})" if others else ""
+    return CONFIG_DIRS["train"] / base, (f"no --config: launched like accelerate_configs/{launch_config} ({seen}), "
+                                         f"so the speedrun {name!r} recipe train_configs/{base}{also}")
 
 
 def main(argv: list[str] | None = None) -> int:
