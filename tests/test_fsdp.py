@@ -1,74 +1,23 @@
 """FSDP2 on CPU (2 gloo processes): sharded parameters, activation checkpointing, Muon on
 sharded matrices equal to the unsharded optimizer, training equal to DDP (the Nov 2025 model,
 and the 2026 model with its MuonAdamW), sharded checkpoints resumed on 2 and on 1 process (and
-DDP checkpoints on 1 process).
-
-Accelerate only enables FSDP on GPU process types. The launcher below starts 2 CPU ranks the
-supported way (cpu_ddp.yaml + ACCELERATE_USE_CPU) with accelerate_configs/fsdp.yaml's fsdp_config
-exported as the FSDP_* variables `accelerate launch` would set, and a test-only entry script
-flips Accelerate's private PartialState distributed type from MULTI_CPU to MULTI_GPU so that
-Accelerator takes its FSDP path (../shared/PLATFORM_NOTES.md). Everything after that is the
-production train.py code path.
+DDP checkpoints on 1 process). How the ranks are launched under FSDP on CPU: tests/fsdp_helpers.py.
 """
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-import torch
-import yaml
 from accelerate.state import AcceleratorState
+from fsdp_helpers import FSDP_ON_CPU_ENTRY, REPO, assert_weights_close, free_port, launch, losses
+from pretrain_helpers import corpus_and_tokenizer, tiny_overrides
 from safetensors.torch import load_file
 
-sys.path.insert(0, str(Path(__file__).parent))
-from pretrain_helpers import corpus_and_tokenizer, tiny_overrides  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
-
-FSDP_ON_CPU_ENTRY = """
-import sys
-from accelerate import PartialState
-from accelerate.utils import DistributedType, parse_flag_from_env
-state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-if state.distributed_type == DistributedType.MULTI_CPU:  # test-only: let Accelerator take its FSDP path
-    state._shared_state["distributed_type"] = DistributedType.MULTI_GPU
-import hf_nanochat.train.pretrain as P
-sys.exit(P.main(sys.argv[1:]))
-"""
-
-# Same launcher arguments as the key names `accelerate launch` maps fsdp_config onto.
-ENV_NAMES = {"transformer_layer_cls_to_wrap": "TRANSFORMER_CLS_TO_WRAP"}
-
-
-def fsdp_env_from_recipe() -> dict:
-    fsdp_config = yaml.safe_load((REPO / "accelerate_configs/fsdp.yaml").read_text())["fsdp_config"]
-    env = {"ACCELERATE_USE_FSDP": "true"}
-    for key, value in fsdp_config.items():
-        name = key.removeprefix("fsdp_")
-        env["FSDP_" + ENV_NAMES.get(name, name.upper())] = str(value).lower() if isinstance(value, bool) else str(value)
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(script: Path, args: list[str], processes: int = 2, fsdp: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", **(fsdp_env_from_recipe() if fsdp else {})}
-    cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs/cpu_ddp.yaml"),
-        "--num_processes", str(processes), "--main_process_port", str(_free_port()), str(script), *args,
-    ]
-    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert '"steps": 8' in done.stdout, done.stdout[-2000:] + done.stderr[-4000:]
-    return done
+DONE = '"steps": 8'  # the run's summary line: all 8 steps trained
 
 
 @pytest.fixture(scope="module")
@@ -81,20 +30,8 @@ def cli_args(data, out: Path, *extra: str) -> list[str]:
     return [f"--{k}={v}" for k, v in values.items() if k != "sample_prompts"] + ["--sample_prompts=The red cat", *extra]
 
 
-def losses(run: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
 def final_weights(run: Path) -> dict:
     return load_file(run / "model" / "model.safetensors")
-
-
-def assert_weights_close(a: dict, b: dict, atol: dict | None = None) -> None:
-    """Every tensor within rtol=atol=1e-5, or within the absolute tolerance `atol` gives its name."""
-    assert sorted(a) == sorted(b)
-    for k in a:
-        tol = (atol or {}).get(k, 1e-5)
-        assert torch.allclose(a[k], b[k], rtol=1e-5, atol=tol), (k, (a[k] - b[k]).abs().max().item())
 
 
 # FSDP2 vs DDP is not bitwise: the gradient-clipping norm differs in the last bits. DDP takes
@@ -125,8 +62,8 @@ def runs(data, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     entry = root / "fsdp_entry.py"
     entry.write_text(FSDP_ON_CPU_ENTRY)
-    ddp = launch(REPO / "train.py", cli_args(data, root / "ddp"), fsdp=False)
-    fsdp = launch(entry, cli_args(data, root / "fsdp"))
+    ddp = launch(REPO / "train.py", cli_args(data, root / "ddp"), DONE, fsdp=False)
+    fsdp = launch(entry, cli_args(data, root / "fsdp"), DONE)
     return root, entry, ddp, fsdp
 
 
@@ -159,7 +96,7 @@ def test_fsdp_shards_parameters_checkpoints_blocks_and_equals_ddp(runs):
 def test_chunked_loss_under_fsdp_trains_like_the_full_loss(runs, data, tmp_path):
     # the checkpointed head is recomputed in backward: lm_head must still be gathered then
     root, entry, _, _ = runs
-    launch(entry, cli_args(data, tmp_path / "chunked", "--loss_chunk_tokens=24"))
+    launch(entry, cli_args(data, tmp_path / "chunked", "--loss_chunk_tokens=24"), DONE)
     for a, b in zip(losses(tmp_path / "chunked"), losses(root / "fsdp"), strict=True):
         assert abs(a - b) <= 1e-5
     assert_weights_close(final_weights(tmp_path / "chunked"), final_weights(root / "fsdp"))
@@ -170,12 +107,12 @@ def test_fsdp_checkpoint_resumes_on_two_and_on_one_process(runs, data):
     root, entry, _, _ = runs
     on_two, on_one = root / "resume2", root / "resume1"
     resume_copy(root / "fsdp", on_two, 4)
-    launch(entry, cli_args(data, on_two, "--resume"))
+    launch(entry, cli_args(data, on_two, "--resume"), DONE)
     assert losses(on_two)[4:] == pytest.approx(losses(root / "fsdp")[4:], abs=1e-5)
     assert_weights_close(final_weights(on_two), final_weights(root / "fsdp"))
 
     resume_copy(root / "fsdp", on_one, 4)
-    done = launch(entry, cli_args(data, on_one, "--resume"), processes=1)
+    done = launch(entry, cli_args(data, on_one, "--resume"), DONE, processes=1)
     assert "resuming on 1 processes from a checkpoint saved by 2" in done.stdout
     assert "holds 475,136 of 475,136" in done.stdout
     state = json.loads((on_one / "checkpoints/step_000008/state/trainer_state.json").read_text())
@@ -216,8 +153,8 @@ def runs_2026(data, runs):
     """nanochat's 2026 model (value embeddings, windows, smear, backout, scalars outside the
     blocks) with its MuonAdamW, 2-process DDP and 2-process FSDP2."""
     root, entry, _, _ = runs
-    launch(REPO / "train.py", cli_args(data, root / "ddp_2026", *ARCH_2026), fsdp=False)
-    fsdp = launch(entry, cli_args(data, root / "fsdp_2026", *ARCH_2026))
+    launch(REPO / "train.py", cli_args(data, root / "ddp_2026", *ARCH_2026), DONE, fsdp=False)
+    fsdp = launch(entry, cli_args(data, root / "fsdp_2026", *ARCH_2026), DONE)
     return root, fsdp
 
 
@@ -228,7 +165,6 @@ def test_2026_model_under_fsdp_equals_ddp(runs_2026):
     # the scalars (resid/x0 lambdas of 2 layers, smear and backout) do not split evenly over 2 ranks
     for rank, held in ((0, "258,088"), (1, "258,050")):
         assert f"sharding   [rank {rank}/2] FSDP2: 7 fully_shard units, activation checkpointing on 2 blocks; holds {held} of 516,138" in fsdp.stdout
-    # without clipping nothing orders a reduction differently (see DDP_VS_FSDP_ATOL): equal to 1e-5
     for a, b in zip(losses(root / "fsdp_2026"), losses(root / "ddp_2026"), strict=True):
         assert abs(a - b) <= 1e-5
     assert losses(root / "fsdp_2026")[-1] < 0.5 * losses(root / "fsdp_2026")[0]
@@ -274,7 +210,7 @@ def test_sharded_newton_schulz_equals_unsharded_on_uneven_shards(tmp_path):
     script = tmp_path / "muon_sharded.py"
     script.write_text(MUON_SHARDED)
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()), str(script)],
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()), str(script)],
         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith("MAXDIFF")]

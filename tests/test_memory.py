@@ -2,59 +2,77 @@
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from hf_nanochat import NanoChatGPTConfig
-from hf_nanochat.train.memory import GiB, estimate_memory, largest_device_batch, parse_size
+from hf_nanochat.train.memory import GiB, estimate_chat_memory, estimate_eval_memory, estimate_memory, largest_device_batch, parse_size
 
-MEASURE = textwrap.dedent(
+# Peak resident memory while `work()` runs, sampled by a thread; the baseline is the current RSS
+# (not the high-water mark, which start-up transients can inflate), so what exists before (the
+# weights) is excluded.
+PEAK_GROWTH = textwrap.dedent(
     """
-    import sys, threading, time, torch
+    import threading, time
+
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+
+    def peak_growth(work):
+        before, peak, done = rss(), [0], threading.Event()
+
+        def watch():
+            while not done.is_set():
+                peak[0] = max(peak[0], rss())
+                time.sleep(0.0005)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        work()
+        done.set()
+        watcher.join()
+        return max(peak[0], rss()) - before
+    """
+)
+
+MEASURE = PEAK_GROWTH + textwrap.dedent(
+    """
+    import sys, torch
     from hf_nanochat import NanoChatGPTConfig, NanoChatGPTForCausalLM
     depth, vocab, B, T, ckpt, chunk = map(int, sys.argv[1:7])
     arch = sys.argv[7] if len(sys.argv) > 7 else "2025-11"
     torch.set_num_threads(1)
-    page = 4096
-
-    def rss():
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * page
-
     model = NanoChatGPTForCausalLM(NanoChatGPTConfig.from_depth(depth, vocab_size=vocab, max_position_embeddings=T, architecture=arch)).train()
     if ckpt:
         model.activation_checkpointing_enable()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randint(0, vocab, (B, T + 1))
-    # Peak resident memory while stepping, sampled by a thread; the baseline is the current
-    # RSS (not the high-water mark, which start-up transients can inflate).
-    before, peak, done = rss(), [0], threading.Event()
 
-    def watch():
-        while not done.is_set():
-            peak[0] = max(peak[0], rss())
-            time.sleep(0.0005)
+    def two_steps():
+        for _ in range(2):
+            model(x[:, :-1], shift_labels=x[:, 1:], loss_chunk_tokens=chunk or None).loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
 
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    for _ in range(2):
-        model(x[:, :-1], shift_labels=x[:, 1:], loss_chunk_tokens=chunk or None).loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    done.set()
-    watcher.join()
-    print(max(peak[0], rss()) - before)
+    print(peak_growth(two_steps))
     """
 )
 
 
-def measured_peak(depth, vocab, batch, seq, ckpt, chunk=0, env=None, arch="2025-11") -> int:
-    """Growth of resident memory over two training steps (weights exist before, so they are excluded)."""
+def measured(script: str, *args, env=None) -> int:
+    """The last line `script args` prints: a peak growth in bytes."""
     out = subprocess.run(
-        [sys.executable, "-c", MEASURE, *map(str, (depth, vocab, batch, seq, ckpt, chunk, arch))],
+        [sys.executable, "-c", script, *map(str, args)],
         capture_output=True, text=True, check=True, env={"OMP_NUM_THREADS": "1", "PATH": "", **(env or {})},
     )
     return int(out.stdout.strip().splitlines()[-1])
+
+
+def measured_peak(depth, vocab, batch, seq, ckpt, chunk=0, env=None, arch="2025-11") -> int:
+    """Growth of resident memory over two training steps (weights exist before, so they are excluded)."""
+    return measured(MEASURE, depth, vocab, batch, seq, ckpt, chunk, arch, env=env)
 
 
 @pytest.mark.slow
@@ -79,6 +97,86 @@ def test_2026_estimate_within_25_percent_of_measured_cpu_peak(depth, batch, seq,
     est = estimate_memory(config, batch, seq, optimizer="adamw", activation_checkpointing=bool(ckpt), on_gpu=False)
     predicted = est.total - est.weights
     assert abs(predicted - measured) / measured < 0.25, (predicted / 2**20, measured / 2**20)
+
+
+MEASURE_EVAL = PEAK_GROWTH + textwrap.dedent(
+    """
+    import contextlib, sys, torch
+    from accelerate import Accelerator
+    from hf_nanochat import NanoChatGPTConfig, NanoChatGPTForCausalLM
+    from hf_nanochat.train.pretrain import evaluate_bpb
+    depth, vocab, B, T, chunk = map(int, sys.argv[1:6])
+    torch.set_num_threads(1)
+    model = NanoChatGPTForCausalLM(NanoChatGPTConfig.from_depth(depth, vocab_size=vocab, max_position_embeddings=T))
+    x = torch.randint(0, vocab, (B, T + 1))
+    batches = iter([(x[:, :-1], x[:, 1:])] * 2)
+    accelerator = Accelerator(cpu=True)
+    work = lambda: evaluate_bpb(model, batches, 2, torch.ones(vocab, dtype=torch.long), contextlib.nullcontext, accelerator, chunk)
+    print(peak_growth(work))
+    """
+)
+
+
+# Measured on this machine (2026-12-02): (4, 8192, 8, 512, whole) 561 MiB vs 476 planned (-15%),
+# (4, 32768, 8, 256, chunks of 512) 223 vs 238 (+7%). Not pinned here: with whole logits at a
+# large vocabulary, (4, 32768, 4, 256) measures 534 MiB vs 407 planned (-24%): the soft-cap
+# cap * tanh(logits / cap) holds 4 vocabulary-sized buffers at once, the planner counts 3
+# (EVAL_LOGIT_BUFFERS). Counting 4 puts the p100 recipe's `base eval` (batch 8) at 17.9 GiB, over
+# its 16 GiB, so the fix needs a decision on that recipe (an eval batch size, or an in-place
+# soft-cap under no_grad) and is left open.
+@pytest.mark.slow
+@pytest.mark.parametrize("depth,vocab,batch,seq,chunk", [(4, 8192, 8, 512, 0), (4, 32768, 8, 256, 512)])
+def test_eval_estimate_within_25_percent_of_measured_cpu_peak(depth, vocab, batch, seq, chunk):
+    """`base val` / `base eval`: evaluate_bpb's no-grad forwards, whole logits or in chunks."""
+    measured_bytes = measured(MEASURE_EVAL, depth, vocab, batch, seq, chunk, env={"MALLOC_MMAP_THRESHOLD_": "65536"})
+    config = NanoChatGPTConfig.from_depth(depth, vocab_size=vocab)
+    est = estimate_eval_memory(config, batch, seq, on_gpu=False, loss_chunk_tokens=chunk, during_training=False)
+    predicted = est.total - est.weights
+    assert abs(predicted - measured_bytes) / measured_bytes < 0.25, (predicted / 2**20, measured_bytes / 2**20)
+
+
+# One mid-training run of 2 steps through run_sft_stage (TRL's SFTTrainer, PackedRowsCollator,
+# nanochat's Muon): the peak inside Trainer.train, where the step's gradients, optimizer state,
+# activations, mask and logits live; the model, the tokenized and packed data exist before.
+MEASURE_SFT = PEAK_GROWTH + textwrap.dedent(
+    """
+    import sys, tempfile, torch, transformers
+    sys.path.insert(0, sys.argv[5])
+    from sft_helpers import tiny_tokenizer
+    from hf_nanochat import NanoChatGPTConfig, NanoChatGPTForCausalLM
+    from hf_nanochat.data.chat_data import build_mixture
+    from hf_nanochat.train.sft import SFTStageConfig, run_sft_stage
+    depth, vocab, B, T = map(int, sys.argv[1:5])
+    torch.set_num_threads(1)
+    model = NanoChatGPTForCausalLM(NanoChatGPTConfig.from_depth(depth, vocab_size=vocab, max_position_embeddings=T))
+    train = transformers.Trainer.train
+    peaks = []
+
+    def measured_train(self, *args, **kwargs):
+        result = []
+        peaks.append(peak_growth(lambda: result.append(train(self, *args, **kwargs))))
+        return result[0]
+
+    transformers.Trainer.train = measured_train
+    cfg = SFTStageConfig(stage="mid", model="passed-in", output_dir=tempfile.mkdtemp(), train_data=[{"source": "arithmetic", "size": 1}],
+                         max_length=T, per_device_train_batch_size=B, max_steps=2, precision="fp32", save_steps=1000, logging_steps=1)
+    run_sft_stage(cfg, model=model, tokenizer=tiny_tokenizer(), train_dataset=build_mixture([{"source": "arithmetic", "size": 40 * B}], seed=0))
+    print(peaks[0])
+    """
+)
+
+
+# Measured (2026-12-02): 447 MiB vs 488 planned (+9%) and 1441 vs 1544 (+7%); before counting TRL's
+# fused-head tiles (4096 tokens x 32768 vocabulary columns, ~9.5 fp32 temporaries without Triton)
+# the planner said 342 and 822 (-23%, -43%).
+@pytest.mark.slow
+@pytest.mark.parametrize("depth,vocab,batch,seq", [(4, 8192, 4, 256), (4, 32768, 4, 256)])
+def test_sft_step_estimate_within_25_percent_of_measured_cpu_peak(depth, vocab, batch, seq):
+    measured_bytes = measured(MEASURE_SFT, depth, vocab, batch, seq, Path(__file__).parent, env={"MALLOC_MMAP_THRESHOLD_": "65536"})
+    config = NanoChatGPTConfig.from_depth(depth, vocab_size=vocab)
+    est = estimate_chat_memory(config, batch, seq, packing=True, on_gpu=False)
+    predicted = est.total - est.weights
+    assert abs(predicted - measured_bytes) / measured_bytes < 0.25, (predicted / 2**20, measured_bytes / 2**20)
 
 
 def test_2026_parameter_groups_match_the_model():

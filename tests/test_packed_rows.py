@@ -60,3 +60,13 @@ def test_documents_in_a_row_do_not_see_each_other(packed):
         alone = model(input_ids=rows["input_ids"][r : r + 1, a:b]).logits[0]
         torch.testing.assert_close(logits[r, a:b], alone, atol=1e-5, rtol=1e-5)
         assert (leaky[r, a:b] - logits[r, a:b]).abs().max() > 1e-3
+
+
+def test_real_tokens_counts_every_packed_token_and_no_padding(packed):
+    """What the num_tokens metric adds per batch: TRL would count position_ids.size(1), one row."""
+    trl_collator, examples = packed
+    rows = PackedRowsCollator(trl_collator.pad_token_id)(examples)
+    lengths = [len(e["input_ids"]) for e in examples]
+    assert len(set(lengths)) > 1  # rows of different lengths: the shorter ones are padded
+    assert PackedRowsCollator.real_tokens(rows["position_ids"]).item() == sum(lengths)
+    assert rows["position_ids"].size(1) == max(lengths) < sum(lengths)

@@ -165,9 +165,27 @@ def estimate_memory(
 # whole batch or for one chunk (`loss_chunk_tokens`, hf_nanochat.train.pretrain.evaluate_bpb).
 EVAL_LOGIT_BUFFERS = 3
 # TRL's SFTTrainer replaces the model's loss with its fused LM head (trl/trainer/utils.py
-# add_fused_lm_head, _CHUNKED_LOGPROB_CHUNK_SIZE = 32768 in TRL 1.16): log-probabilities are
-# computed this many tokens at a time, so a chat step holds one such chunk of logits.
-TRL_LOGPROB_CHUNK_TOKENS = 32768
+# add_fused_lm_head -> trl/kernels/chunked_logprob.py, TRL 1.16): the logits exist one tile at a
+# time, TOKEN_CHUNK_SIZE = 4096 tokens by _CHUNKED_LOGPROB_CHUNK_SIZE = 32768 vocabulary columns
+# (the 32768 is a vocabulary width, not a token count). Without Triton (CPU) its torch fallback
+# (_forward_tile, _backward_tile) makes about 9.5 fp32 tile-sized temporaries at its peak in
+# backward (softcap, exp, log-probabilities, masks, the gradient), measured on CPU
+# (tests/test_memory.py). GPUs: the figure below is the earlier reading (3.5 fp32 buffers of
+# 32768 tokens x the vocabulary), which the code says overestimates where Triton runs (its
+# kernels fold one tile in place) and not on GPUs Triton does not support (P100: the fallback);
+# it stays, with the recipes' chat device batches pinned on it, until measured on a GPU.
+TRL_TILE_TOKENS = 4096
+TRL_TILE_VOCAB = 32768
+TRL_TILE_BUFFERS_WITHOUT_TRITON = 9.5
+GPU_LOGPROB_CHUNK_TOKENS = 32768
+
+
+def trl_logit_bytes(config: NanoChatGPTConfig, tokens: int, on_gpu: bool) -> int:
+    """What TRL's fused LM head holds of the logits at once (see TRL_TILE_TOKENS)."""
+    if on_gpu:
+        return int(LOGIT_BUFFERS * 4 * config.padded_vocab_size * min(tokens, GPU_LOGPROB_CHUNK_TOKENS))
+    tile = min(tokens, TRL_TILE_TOKENS) * min(config.padded_vocab_size, TRL_TILE_VOCAB)
+    return int(TRL_TILE_BUFFERS_WITHOUT_TRITON * 4 * tile)
 
 
 def _model_state(config: NanoChatGPTConfig, dtype: str, world_size: int, fsdp: bool, optimizer: str) -> tuple[int, int, int]:
@@ -232,20 +250,29 @@ def estimate_chat_memory(
 ) -> MemoryEstimate:
     """Peak bytes per device of one mid/SFT step through TRL's SFTTrainer: the base step's model
     state and activations for device_batch x max_length tokens (the worst case: full packed rows
-    or a batch padded to max_length), TRL's chunked log-prob head instead of whole logits, and
-    the attention mask (counted with the activations; see attention_mask_bytes). `packing`
-    changes nothing: packed rows are rows."""
-    tokens = device_batch_size * max_length
+    or a batch padded to max_length), one tile of TRL's fused LM head instead of whole logits
+    (trl_logit_bytes), and the attention mask (counted with the activations; see
+    attention_mask_bytes). `packing` changes nothing: packed rows are rows."""
     base = estimate_memory(
         config, device_batch_size, max_length, dtype=dtype, world_size=world_size, fsdp=fsdp,
         activation_checkpointing=activation_checkpointing, optimizer=optimizer, on_gpu=on_gpu,
-        loss_chunk_tokens=TRL_LOGPROB_CHUNK_TOKENS,
     )
     # Packed or not, a device batch is B rows of at most max_length tokens (packing keeps its rows
     # apart: hf_nanochat.train.sft.PackedRowsCollator), each with its own (L, L) mask.
-    del packing, tokens
+    del packing
+    tokens = device_batch_size * max_length
     mask = attention_mask_bytes(config, device_batch_size, max_length, dtype, on_gpu)
-    return MemoryEstimate(base.weights, base.gradients, base.optimizer, base.activations + mask, base.logits, base.reserve)
+    logits = trl_logit_bytes(config, tokens, on_gpu)
+    activations = base.activations + mask
+    if not on_gpu:
+        # The head's backward (its tile temporaries) runs and frees before backward reaches the
+        # blocks, whose in-flight gradients (and, with checkpointing, the recomputed block) come
+        # after: the step holds the larger of the two, not both (measured on CPU; GPUs keep the
+        # pinned reading, see TRL_TILE_TOKENS).
+        per_layer = activation_widths_per_layer(config) * config.hidden_size * (2 if dtype != "fp32" else 4) * tokens
+        after_head = int((BACKWARD_TRANSIENT_LAYERS + (1 if activation_checkpointing else 0)) * per_layer)
+        activations += max(0, after_head - logits) - after_head
+    return MemoryEstimate(base.weights, base.gradients, base.optimizer, activations, logits, base.reserve)
 
 
 def estimate_chat_eval_memory(config: NanoChatGPTConfig, batch_size: int, max_tokens: int, *, dtype: str = "fp32", on_gpu: bool = True) -> MemoryEstimate:

@@ -262,9 +262,44 @@ def nanochat_trainer_class(base, cfg: SFTStageConfig, device: torch.device):
     builds its own, on `self.model` as Trainer holds it then, instead of taking an optimizer
     instance: Trainer refuses `optimizers=` under FSDP, and one built before sharding would step
     tensors that are no longer the model's. Under FSDP2 Trainer creates it before
-    `accelerator.prepare`, which moves it onto the sharded parameters (as pretraining does)."""
+    `accelerator.prepare`, which moves it onto the sharded parameters (as pretraining does), and
+    Muon orthogonalises those sharded matrices (hf_nanochat.train.sharding).
+
+    Under an FSDP launch the Accelerator gets pretraining's FSDP plugin (fp32 gradient reductions
+    under bf16/fp16): left alone, Trainer lets Accelerate build one from the launcher's settings,
+    which reduces in the compute dtype."""
 
     class NanochatTrainer(base):
+        def _build_accelerator_args(self, **kwargs):
+            from hf_nanochat.train.sharding import fsdp_plugin
+
+            args = super()._build_accelerator_args(**kwargs)
+            if args.get("fsdp_plugin") is None:  # None unless Trainer's own `fsdp=` arguments were given
+                args["fsdp_plugin"] = fsdp_plugin("bf16" if self.args.bf16 else "fp16" if self.args.fp16 else "fp32")
+            return args
+
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            from torch.distributed.fsdp import FSDPModule
+
+            head = self.model.get_output_embeddings()
+            if isinstance(head, FSDPModule):
+                # TRL's fused LM head reads lm_head.weight without calling lm_head, so FSDP2 (where
+                # Accelerate makes the head its own unit) never unshards it; TRL then gathers the
+                # DTensor with full_tensor(), whose backward hands each rank its own, unreduced rows
+                # of the gradient (measured: lm_head's step differs from one process, all else
+                # equal). Unsharded here, the head's gradient is reduce-scattered like every other
+                # (FSDP2's final backward callback runs post_backward for every unsharded group).
+                head.unshard()
+            counted = self._total_train_tokens
+            out = super().compute_loss(model, inputs, *args, **kwargs)
+            if self.model.training and isinstance(self.data_collator, PackedRowsCollator):
+                # TRL counts a batch without attention_mask as ONE padding-free row of
+                # position_ids.size(1) tokens; packed rows are B rows with padding.
+                local = PackedRowsCollator.real_tokens(inputs["position_ids"])
+                self._total_train_tokens = counted + self.accelerator.gather_for_metrics(local).sum().item()
+                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+            return out
+
         def create_optimizer(self, model=None):
             if self.optimizer is None:
                 self.optimizer = build_stage_optimizer(self.model if model is None else model, cfg, device)
@@ -294,10 +329,14 @@ def lora_config(section: LoraSection):
 
 
 # --------------------------------------------------------------------------- the stage
-def _device_for_precision() -> torch.device:
+def _launch_state():
+    """The process state `accelerate launch` set up. On CPU it must be asked for with cpu=True
+    (ACCELERATE_USE_CPU), as pretraining does: a bare PartialState() on a CPU-only machine is
+    one process, and accumulation would be derived for world size 1 while 2 ranks train."""
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
-    return PartialState().device
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
 class PackedRowsCollator:
@@ -325,11 +364,13 @@ class PackedRowsCollator:
         batch["labels"][batch["position_ids"] == 0] = -100
         return batch
 
-
-def _world_size() -> int:
-    from accelerate import PartialState
-
-    return PartialState().num_processes
+    @staticmethod
+    def real_tokens(position_ids: torch.Tensor) -> torch.Tensor:
+        """The batch's tokens that are not padding: every position > 0 plus each document's first
+        token (a 0 followed by a 1). Padding is a run of one-token documents (0, 0, ...); no
+        conversation is one token long."""
+        starts = (position_ids[:, :-1] == 0) & (position_ids[:, 1:] == 1)
+        return (position_ids > 0).sum() + starts.sum()
 
 
 def trainer_precision_args(precision: str, device: torch.device) -> dict[str, Any]:
@@ -350,11 +391,12 @@ def refuse_if_stage_too_big(cfg: SFTStageConfig, model_config, device: torch.dev
     """The planned peak of one step (hf_nanochat.train.stage_plan) must fit this device, or the
     stage stops here, before tokenizing or training, naming the knob."""
     from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
+    from hf_nanochat.train.sharding import fsdp_launch_requested
     from hf_nanochat.train.stage_plan import chat_stage_peak, device_budget, refuse_if_too_big
 
     if getattr(model_config, "model_type", None) != NanoChatGPTConfig.model_type:
         return  # the planner knows nanochat's shapes only
-    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    fsdp = fsdp_launch_requested()
     mixed = "bf16" if precision_args["bf16"] else "fp16" if precision_args["fp16"] else None
     topology = {"world_size": world_size, "fsdp": fsdp, "activation_checkpointing": False, "mixed_precision": mixed}
     peak = chat_stage_peak(cfg, model_config, topology, on_gpu=device.type == "cuda")
@@ -386,6 +428,7 @@ def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_data
     from hf_nanochat.model_folder import check_model_source, check_tokenizer_source
     from hf_nanochat.train.chat_optim import describe_optimizer
     from hf_nanochat.train.progress import interactive, quiet_library_progress_bars
+    from hf_nanochat.train.sharding import fsdp_launch_requested
 
     bars = interactive()  # not a terminal: Trainer prints its logs as lines, no tqdm refreshes
     if not bars:
@@ -395,8 +438,13 @@ def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_data
         check_model_source(cfg.model)
     if tokenizer is None:
         check_tokenizer_source(cfg.tokenizer or cfg.model)
-    device = _device_for_precision()
-    world_size = _world_size()
+    if cfg.peft is not None and fsdp_launch_requested():
+        raise ValueError(
+            "peft: LoRA under FSDP is not supported (its adapter export from gathered weights is untested); "
+            "launch LoRA with DDP (accelerate_configs/multi_gpu.yaml): the frozen base is only read, the adapters are small"
+        )
+    launched = _launch_state()
+    device, world_size = launched.device, launched.num_processes
     grad_accum = accumulation_steps(cfg, world_size)  # a bad target fails here, before any loading
     print(f"{cfg.stage}: batch {describe_batch(cfg, world_size)}")
     precision_args = trainer_precision_args(cfg.precision, device)
@@ -466,7 +514,7 @@ def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_data
         **precision_args,
     )
     trainer = nanochat_trainer_class(SFTTrainer, cfg, device)(
-        callbacks=[MetricsLog(out / "metrics.jsonl")],
+        callbacks=[MetricsLog(out / "metrics.jsonl"), ShardingLog()],
         model=model,
         args=args,
         train_dataset=train_tok,
@@ -493,8 +541,7 @@ def run_sft_stage(cfg: SFTStageConfig, *, model=None, tokenizer=None, train_data
 
     if trainer.is_world_process_zero():
         out.mkdir(parents=True, exist_ok=True)
-    ready_for_inference(trainer.model)
-    trainer.save_model(str(out))  # full model: save_pretrained + code files; LoRA: the adapter only
+    save_final_model(trainer, out)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(out))
         from hf_nanochat.model_folder import match_permissions
@@ -533,6 +580,36 @@ class MetricsLog(TrainerCallback):
         if state.is_world_process_zero and logs and "loss" in logs:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+class ShardingLog(TrainerCallback):
+    """Under FSDP every rank prints what it really holds (describe_sharding), as pretraining does."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        import torch.distributed as dist
+        from torch.distributed.fsdp import FSDPModule
+
+        from hf_nanochat.train.sharding import describe_sharding
+
+        if isinstance(model, FSDPModule):
+            print(describe_sharding(model, dist.get_rank(), dist.get_world_size()), flush=True)
+
+
+def save_final_model(trainer, out: Path) -> None:
+    """The stage's model folder: save_pretrained + code files (LoRA: the adapter only). Under FSDP
+    Trainer.save_model writes nothing with fsdp.yaml's sharded state dicts (and with full ones
+    would record FSDP's generated class in auto_map), so the weights are gathered whole (a
+    collective: every rank calls it) and written from an empty model of our class, as
+    pretraining exports them."""
+    ready_for_inference(trainer.model)
+    if not trainer.is_fsdp_enabled:
+        trainer.save_model(str(out))
+        return
+    from hf_nanochat.train.sharding import export_skeleton
+
+    state_dict = trainer.accelerator.get_state_dict(trainer.model)
+    if trainer.is_world_process_zero():
+        export_skeleton(trainer.accelerator.unwrap_model(trainer.model)).save_pretrained(out, state_dict=state_dict)
 
 
 def _latest_checkpoint(folder: Path) -> Path | None:
