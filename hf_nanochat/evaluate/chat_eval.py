@@ -224,7 +224,7 @@ def evaluate_chat(
 # --------------------------------------------------------------------------- base models
 def evaluate_base(model, tokenizer, source: str, seq_len: int, batch_size: int, max_batches: int | None) -> dict[str, Any]:
     """Validation bits per byte on the val split of a pretraining source (pretraining's own
-    stream and `evaluate_bpb`)."""
+    stream and `evaluate_bpb`), the loss in chunks so no whole-batch logits exist."""
     import contextlib
     import itertools
 
@@ -232,13 +232,15 @@ def evaluate_base(model, tokenizer, source: str, seq_len: int, batch_size: int, 
 
     from hf_nanochat.data.stream import PretrainStream
     from hf_nanochat.train.pretrain import evaluate_bpb
+    from hf_nanochat.train.stage_plan import BASE_EVAL_LOSS_CHUNK_TOKENS
     from hf_nanochat.data.tokenizer import token_byte_lengths
 
     stream = PretrainStream(tokenizer, source=source, seq_len=seq_len, batch_size=batch_size, split="val")
     batches = list(itertools.islice(iter(stream), max_batches))
     if not batches:
         raise ValueError(f"the val split of {source} has no full batch of {batch_size} x {seq_len} tokens")
-    bpb = evaluate_bpb(model, iter(batches), len(batches), token_byte_lengths(tokenizer), contextlib.nullcontext, Accelerator(cpu=next(model.parameters()).device.type == "cpu"))
+    bpb = evaluate_bpb(model, iter(batches), len(batches), token_byte_lengths(tokenizer), contextlib.nullcontext,
+                       Accelerator(cpu=next(model.parameters()).device.type == "cpu"), loss_chunk_tokens=BASE_EVAL_LOSS_CHUNK_TOKENS)
     return {"val_bpb": bpb, "val_tokens": len(batches) * batch_size * seq_len, "source": source}
 
 

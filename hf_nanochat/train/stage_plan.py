@@ -26,6 +26,8 @@ from hf_nanochat.train.memory import (
 )
 
 EVAL_BATCH_SIZE = 8  # `hf-nanochat eval --batch-size` default (hf_nanochat.evaluate.chat_eval)
+# `eval --kind base` takes its loss this many tokens at a time (no whole-batch logits; same bpb)
+BASE_EVAL_LOSS_CHUNK_TOKENS = 2048
 CHAT_EVAL_MAX_TOKENS = 2048  # prompts are padded to at most the model's context
 
 
@@ -66,7 +68,8 @@ def base_stage_peaks(config, model_config, topology: dict, on_gpu: bool) -> list
 
 
 def base_eval_peak(model_config, seq_len: int, dtype: str, on_gpu: bool, batch_size: int = EVAL_BATCH_SIZE) -> StagePeak:
-    est = estimate_eval_memory(model_config, batch_size, seq_len, dtype=dtype, on_gpu=on_gpu, during_training=False)
+    est = estimate_eval_memory(model_config, batch_size, seq_len, dtype=dtype, on_gpu=on_gpu, during_training=False,
+                               loss_chunk_tokens=BASE_EVAL_LOSS_CHUNK_TOKENS)
     return StagePeak("base eval", est, "hf-nanochat eval --batch-size")
 
 
@@ -114,6 +117,6 @@ def refuse_if_too_big(peaks: list[StagePeak], budget_bytes: int, where: str) -> 
 
 
 __all__ = [
-    "StagePeak", "MemoryPlanError", "compute_dtype", "base_stage_peaks", "base_eval_peak", "chat_stage_peak", "chat_eval_peak",
+    "BASE_EVAL_LOSS_CHUNK_TOKENS", "StagePeak", "MemoryPlanError", "compute_dtype", "base_stage_peaks", "base_eval_peak", "chat_stage_peak", "chat_eval_peak",
     "device_budget", "misfits", "refuse_if_too_big",
 ]
