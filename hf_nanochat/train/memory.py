@@ -161,9 +161,14 @@ def estimate_memory(
 # Evaluation (bits per byte) in the middle of training, under torch.no_grad: the optimizer state
 # stays, gradients were freed by zero_grad(set_to_none=True) (DDP keeps its buckets), no graph is
 # kept (one block's intermediates at a time) and the logits are the head output, its fp32 soft-cap
-# and the log-softmax of the cross-entropy: 3 vocabulary-sized fp32 buffers per token, for the
-# whole batch or for one chunk (`loss_chunk_tokens`, hf_nanochat.train.pretrain.evaluate_bpb).
-EVAL_LOGIT_BUFFERS = 3
+# cap * tanh(logits / cap) (the division and the tanh each a buffer) and the log-softmax of the
+# cross-entropy: 4 vocabulary-sized fp32 buffers per token alive at once (measured on CPU: depth 4,
+# vocab 32768, 4 x 256 whole logits, 534 MiB where 3 buffers plan 407). In chunks
+# (`loss_chunk_tokens`, hf_nanochat.train.pretrain.evaluate_bpb) the model's chunked loss frees
+# the head output as it goes: 3 per chunk token (measured: vocab 32768, 8 x 256 in chunks of 512,
+# 223 MiB, 3 buffers plan 238).
+EVAL_LOGIT_BUFFERS = 4
+EVAL_CHUNK_LOGIT_BUFFERS = 3
 # TRL's SFTTrainer replaces the model's loss with its fused LM head (trl/trainer/utils.py
 # add_fused_lm_head -> trl/kernels/chunked_logprob.py, TRL 1.16): the logits exist one tile at a
 # time, TOKEN_CHUNK_SIZE = 4096 tokens by _CHUNKED_LOGPROB_CHUNK_SIZE = 32768 vocabulary columns
@@ -217,8 +222,10 @@ def estimate_eval_memory(
     act_bytes = 2 if dtype != "fp32" else 4
     tokens = device_batch_size * seq_len
     activations = ACTIVATION_WIDTHS_PER_LAYER * config.hidden_size * act_bytes * tokens  # one block at a time
-    logit_tokens = min(tokens, loss_chunk_tokens) if loss_chunk_tokens > 0 else tokens
-    logits = EVAL_LOGIT_BUFFERS * 4 * config.vocab_size * logit_tokens
+    if loss_chunk_tokens > 0:
+        logits = EVAL_CHUNK_LOGIT_BUFFERS * 4 * config.vocab_size * min(tokens, loss_chunk_tokens)
+    else:
+        logits = EVAL_LOGIT_BUFFERS * 4 * config.vocab_size * tokens
     return MemoryEstimate(weights, gradients, opt, int(activations), int(logits), CUDA_RESERVE_BYTES if on_gpu else 0)
 
 
