@@ -120,7 +120,10 @@ def reference_train(tokenizer, source, steps, seed):
 # --------------------------------------------------------------------------- our loop
 
 
-def our_train(tokenizer_dir, source, steps, seed, out_dir):
+def our_train(tokenizer_dir, source, steps, seed, out_dir, **overrides):
+    """hf_nanochat.train.pretrain.train on this benchmark's recipe, with `overrides` of any train
+    config keys; returns (per-step losses, per-step seconds, final val bpb). The final model is
+    out_dir/model."""
     from accelerate.state import AcceleratorState
 
     from hf_nanochat.train.pretrain import train
@@ -128,13 +131,26 @@ def our_train(tokenizer_dir, source, steps, seed, out_dir):
 
     AcceleratorState._reset_state(reset_partial_state=True)
     config = config_from_dict(dict(
-        depth=DEPTH, max_seq_len=SEQ, device_batch_size=DEVICE_BATCH, total_batch_size=TOTAL_BATCH, num_iterations=steps,
-        dataset=source, tokenizer=str(tokenizer_dir), precision="fp32", eval_every=0, eval_tokens=EVAL_TOKENS,
-        sample_prompts=["The"], sample_max_tokens=1, seed=seed, output_dir=str(out_dir),
+        dict(
+            depth=DEPTH, max_seq_len=SEQ, device_batch_size=DEVICE_BATCH, total_batch_size=TOTAL_BATCH, num_iterations=steps,
+            dataset=source, tokenizer=str(tokenizer_dir), precision="fp32", eval_every=0, eval_tokens=EVAL_TOKENS,
+            sample_prompts=["The"], sample_max_tokens=1, seed=seed, output_dir=str(out_dir),
+        ),
+        **overrides,
     ))
     summary = train(config)
     metrics = [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
     return [m["loss"] for m in metrics], [m["dt"] for m in metrics], summary["val_bpb"]
+
+
+def shared_tokenizer(work: Path, source: str = "offline"):
+    """The benchmarks' VOCAB-token BPE on `source`'s train split, trained once into work/tokenizer:
+    (its folder, the loaded tokenizer)."""
+    tok_dir = work / "tokenizer"
+    if not (tok_dir / "tokenizer.json").exists():
+        texts = (row["text"] for row in load_documents(source, "train"))
+        train_tokenizer(texts, VOCAB, max_chars=3_000_000).save_pretrained(tok_dir)
+    return tok_dir, load_tokenizer(str(tok_dir))
 
 
 def main() -> int:
@@ -145,11 +161,7 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(args.work_dir)
     source = "offline"
-    tok_dir = work / "tokenizer"
-    if not (tok_dir / "tokenizer.json").exists():
-        texts = (row["text"] for row in load_documents(source, "train"))
-        train_tokenizer(texts, VOCAB, max_chars=3_000_000).save_pretrained(tok_dir)
-    tokenizer = load_tokenizer(str(tok_dir))
+    tok_dir, tokenizer = shared_tokenizer(work, source)
     results = {"ours": [], "reference": []}
     for r in range(args.rounds):
         run_dir = work / f"ours_{r}"

@@ -139,13 +139,16 @@ class _Dummy(torch.nn.Module):
     """A model slot for generative tasks whose generations the test supplies."""
 
 
-def test_base_eval_bpb_matches_closed_form(tmp_path):
+@pytest.mark.parametrize("packing", ["stream", "best_fit"])
+def test_base_eval_bpb_matches_closed_form(tmp_path, packing):
     """An untrained nanochat model (zero lm_head) predicts uniformly: every token costs log2(V)
-    bits, so bpb = log2(V) * (tokens with bytes) / (their bytes) on the very batches read."""
+    bits, so bpb = log2(V) * (tokens with bytes) / (their bytes) on the very batches read, rows
+    cut as `packing` cuts them (the two packings give different rows, hence different numbers)."""
     import math
 
     from sft_helpers import tiny_model
 
+    from hf_nanochat.data.best_fit import BestFitStream
     from hf_nanochat.data.stream import PretrainStream
     from hf_nanochat.data.tokenizer import token_byte_lengths
 
@@ -153,16 +156,21 @@ def test_base_eval_bpb_matches_closed_form(tmp_path):
     folder = tmp_path / "corpus"
     folder.mkdir()
     for i in range(2):  # the last file is the val split
-        (folder / f"shard_{i}.jsonl").write_text("\n".join(json.dumps({"text": f"document {i}-{j}: the quick brown fox counts {j * 7} apples"}) for j in range(40)))
+        (folder / f"shard_{i}.jsonl").write_text("\n".join(json.dumps({"text": f"document {i}-{j}: the quick brown fox counts {j * 7} apples" + " and pears" * (j % 5)}) for j in range(40)))
     model = tiny_model(pretrained_like=False)
-    res = chat_eval.evaluate_base(model, tok, str(folder), seq_len=32, batch_size=2, max_batches=3)
-    batches = [b for _, b in zip(range(3), PretrainStream(tok, source=str(folder), seq_len=32, batch_size=2, split="val"))]
+    res = chat_eval.evaluate_base(model, tok, str(folder), seq_len=32, batch_size=2, max_batches=3, packing=packing)
     nbytes = token_byte_lengths(tok)
-    targets = torch.cat([y.reshape(-1) for _, y in batches])
-    counted = nbytes[targets]
-    expected = math.log2(len(tok)) * int((counted > 0).sum()) / int(counted.sum())
-    assert res["val_bpb"] == pytest.approx(expected, rel=1e-5)
+
+    def closed_form(stream_class):
+        batches = [b for _, b in zip(range(3), stream_class(tok, source=str(folder), seq_len=32, batch_size=2, split="val"))]
+        counted = nbytes[torch.cat([y.reshape(-1) for _, y in batches])]
+        return math.log2(len(tok)) * int((counted > 0).sum()) / int(counted.sum())
+
+    expected = {"stream": closed_form(PretrainStream), "best_fit": closed_form(BestFitStream)}
+    assert expected["stream"] != pytest.approx(expected["best_fit"], rel=1e-3)
+    assert res["val_bpb"] == pytest.approx(expected[packing], rel=1e-5)
     assert res["val_tokens"] == 3 * 2 * 32
+    assert res["packing"] == packing
 
 
 def test_eval_cli_writes_json_and_markdown(tmp_path):

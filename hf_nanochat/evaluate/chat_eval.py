@@ -222,26 +222,31 @@ def evaluate_chat(
 
 
 # --------------------------------------------------------------------------- base models
-def evaluate_base(model, tokenizer, source: str, seq_len: int, batch_size: int, max_batches: int | None) -> dict[str, Any]:
+def evaluate_base(model, tokenizer, source: str, seq_len: int, batch_size: int, max_batches: int | None, packing: str = "stream") -> dict[str, Any]:
     """Validation bits per byte on the val split of a pretraining source (pretraining's own
-    stream and `evaluate_bpb`), the loss in chunks so no whole-batch logits exist."""
+    stream and `evaluate_bpb`), its rows packed as `packing` (train config `packing`: stream or
+    best_fit) cuts them, the loss in chunks so no whole-batch logits exist."""
     import contextlib
     import itertools
 
     from accelerate import Accelerator
 
+    from hf_nanochat.data.best_fit import BestFitStream
     from hf_nanochat.data.stream import PretrainStream
     from hf_nanochat.train.pretrain import evaluate_bpb
     from hf_nanochat.train.stage_plan import BASE_EVAL_LOSS_CHUNK_TOKENS
     from hf_nanochat.data.tokenizer import token_byte_lengths
 
-    stream = PretrainStream(tokenizer, source=source, seq_len=seq_len, batch_size=batch_size, split="val")
+    if packing not in ("stream", "best_fit"):
+        raise ValueError(f"packing must be stream or best_fit, got {packing!r}")
+    stream_class = BestFitStream if packing == "best_fit" else PretrainStream
+    stream = stream_class(tokenizer, source=source, seq_len=seq_len, batch_size=batch_size, split="val")
     batches = list(itertools.islice(iter(stream), max_batches))
     if not batches:
         raise ValueError(f"the val split of {source} has no full batch of {batch_size} x {seq_len} tokens")
     bpb = evaluate_bpb(model, iter(batches), len(batches), token_byte_lengths(tokenizer), contextlib.nullcontext,
                        Accelerator(cpu=next(model.parameters()).device.type == "cpu"), loss_chunk_tokens=BASE_EVAL_LOSS_CHUNK_TOKENS)
-    return {"val_bpb": bpb, "val_tokens": len(batches) * batch_size * seq_len, "source": source}
+    return {"val_bpb": bpb, "val_tokens": len(batches) * batch_size * seq_len, "source": source, "packing": packing}
 
 
 # --------------------------------------------------------------------------- report
@@ -275,6 +280,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", default=None, help="base: pretraining data source (default: the one the model's data_used.json records)")
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--max-batches", type=int, default=None, help="base: val batches to read (default: the whole val split)")
+    parser.add_argument("--packing", choices=["stream", "best_fit"], default="stream", help="base: how val rows are cut (the train config's packing)")
     parser.add_argument("--bundle", default=None, help="core: the unzipped eval_bundle folder; 'offline-smoke' for the "
                         "synthetic offline smoke bundle (not CORE); default: nanochat's bundle, downloaded once into the cache")
     parser.add_argument("--max-per-task", type=int, default=None, help="core: the first N examples of each shuffled task (as nanochat's -x)")
@@ -302,7 +308,7 @@ def run(args: argparse.Namespace) -> int:
         source = args.source or recorded
         if source is None:
             raise SystemExit(f"{args.model} does not record its pretraining data (data_used.json): pass --source")
-        results = evaluate_base(model, tokenizer, source, args.seq_len, args.batch_size, args.max_batches)
+        results = evaluate_base(model, tokenizer, source, args.seq_len, args.batch_size, args.max_batches, args.packing)
     else:
         data_paths = {}
         for item in args.data:

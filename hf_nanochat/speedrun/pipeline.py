@@ -58,7 +58,9 @@ def build_stages(recipe: Recipe, out: Path, launch_config: Path, with_rl: bool =
     base_eval = ["--kind", "base"]  # the val split of the data the base stage recorded reading
     if recipe.base_eval_batches:
         base_eval += ["--max-batches", str(recipe.base_eval_batches)]
-    seq_len = str(load_train_config(recipe.base).max_seq_len)
+    base_cfg = load_train_config(recipe.base)
+    seq_len = str(base_cfg.max_seq_len)
+    base_eval += ["--packing", base_cfg.packing]  # val rows cut as the base stage cut them
     core_eval = ["--kind", "core"] + (["--bundle", recipe.core_bundle] if recipe.core_bundle else [])
     if recipe.core_max_per_task:
         core_eval += ["--max-per-task", str(recipe.core_max_per_task)]
