@@ -174,6 +174,7 @@ def test_tiny_cpu_2026_goes_base_to_sft_on_the_2026_model(tmp_path):
     assert sft[-1] < sft[0]
     used = json.loads((out / "sft" / "data_used.json").read_text())["stages"]
     assert list(used) == ["base", "sft"]
+    assert json.loads((out / "eval_base.json").read_text())["packing"] == "best_fit"  # val rows cut as in training
     md = (out / "report.md").read_text()
     assert "- architecture: nanochat 2026" in md and "| sft | done |" in md and "| mid |" not in md
     assert (out / "sft" / "report.md").read_text() == md

@@ -22,15 +22,15 @@ REPO = Path(__file__).resolve().parent.parent
 
 # GiB per device, hf_nanochat.train.stage_plan on each recipe as the speedrun runs it.
 PINNED = {
-    "p100": {"base step": 14.47, "base val": 9.28, "base eval": 3.38, "mid step": 14.87, "sft step": 14.87, "chat eval": 9.96},
-    "single_gpu": {"base step": 76.31, "base val": 32.49, "base eval": 4.44, "mid step": 78.88, "sft step": 78.88, "chat eval": 11.14},
-    "h100x8": {"base step": 78.4, "base val": 34.58, "base eval": 4.44, "mid step": 45.92, "sft step": 28.4, "chat eval": 11.14},
+    "p100": {"base step": 14.47, "base val": 11.28, "base eval": 3.38, "mid step": 14.87, "sft step": 14.87, "chat eval": 9.96},
+    "single_gpu": {"base step": 76.31, "base val": 40.49, "base eval": 4.44, "mid step": 78.88, "sft step": 78.88, "chat eval": 11.14},
+    "h100x8": {"base step": 78.4, "base val": 42.58, "base eval": 4.44, "mid step": 45.92, "sft step": 28.4, "chat eval": 11.14},
     "3b": {"base step": 55.5, "base val": 16.44, "base eval": 9.82, "mid step": 75.49, "sft step": 18.27, "chat eval": 17.03},
     "7b": {"base step": 51.32, "base val": 17.79, "base eval": 18.52, "mid step": 71.84, "sft step": 27.48, "chat eval": 26.34},
     # nanochat 2026: no mid-training
-    "gpt2_speedrun": {"base step": 66.73, "base val": 27.53, "base eval": 5.41, "sft step": 68.27, "chat eval": 8.94},
-    "d12_2026": {"base step": 69.9, "base val": 30.24, "base eval": 2.82, "sft step": 59.03, "chat eval": 6.14},
-    "p100_2026": {"base step": 13.25, "base val": 7.36, "base eval": 2.82, "sft step": 13.64, "chat eval": 6.14},
+    "gpt2_speedrun": {"base step": 66.73, "base val": 29.53, "base eval": 5.41, "sft step": 68.27, "chat eval": 8.94},
+    "d12_2026": {"base step": 69.9, "base val": 38.24, "base eval": 2.82, "sft step": 59.03, "chat eval": 6.14},
+    "p100_2026": {"base step": 13.25, "base val": 8.36, "base eval": 2.82, "sft step": 13.64, "chat eval": 6.14},
 }
 CHAT_STAGES = [(name, stage) for name in sorted(PINNED) for stage in RECIPES[name].chat_stages]
 
