@@ -366,9 +366,11 @@ def linear_decay(optimizer, num_steps: int):
 
 
 def refuse_fsdp() -> None:
-    from accelerate import DistributedType, PartialState
+    from accelerate import DistributedType
 
-    if PartialState().distributed_type == DistributedType.FSDP:
+    from hf_nanochat.train.sft import _launch_state
+
+    if _launch_state().distributed_type == DistributedType.FSDP:
         raise ValueError(
             "stage rl does not run under FSDP: its rollouts run the chat Engine (KV cache, calculator tool) on each "
             "process's own model, and under FSDP2 every forward is a collective that all processes must enter in step, "
@@ -382,20 +384,19 @@ def run_rl_stage(cfg: RLStageConfig, *, model=None, tokenizer=None, train_datase
     `tokenizer` and the (messages) datasets may be passed in (tests); by default they come from
     `cfg.model`, `cfg.tokenizer` and the data mixtures."""
     import hf_nanochat  # noqa: F401  (registers the model with the Auto classes)
-    from accelerate import PartialState
     from transformers import AutoModelForCausalLM
 
     from hf_nanochat.data.chat_data import build_mixture
     from hf_nanochat.data.tokenizer import load_tokenizer
     from hf_nanochat.train.chat_optim import describe_optimizer
     from hf_nanochat.train.rewards import load_reward
-    from hf_nanochat.train.sft import _latest_checkpoint, _resolve_local, ready_for_inference, trainer_precision_args
+    from hf_nanochat.train.sft import _latest_checkpoint, _launch_state, _resolve_local, ready_for_inference, trainer_precision_args
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is TRL-experimental; pinned trl 1.16
     from trl import GRPOTrainer
 
     refuse_fsdp()
-    state = PartialState()
+    state = _launch_state()
     precision_args = trainer_precision_args(cfg.precision, state.device)
     reward_fn = load_reward(cfg.reward)
     if tokenizer is None:
