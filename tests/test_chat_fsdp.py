@@ -1,4 +1,4 @@
-"""Mid-training (TRL's SFTTrainer with nanochat's Muon/AdamW) under FSDP2, as the 3B/7B recipes
+"""Mid-training and SFT (TRL's SFTTrainer with nanochat's Muon/AdamW) under FSDP2, as the 3B/7B recipes
 run it with accelerate_configs/fsdp.yaml, on 2 gloo CPU ranks (tests/fsdp_helpers.py): the
 parameters are sharded, the losses and the final model equal one process on the same batch,
 and a run stopped after a sharded checkpoint resumes to the same losses and weights."""
@@ -90,3 +90,34 @@ def test_mid_training_resumes_from_a_sharded_checkpoint(runs):
     # steps 3-4 retrained from the sharded weights and optimizer state of step 2
     assert losses(root / "resumed") == pytest.approx(losses(root / "fsdp"), abs=1e-5)
     assert_weights_close(load_file(root / "resumed/model.safetensors"), load_file(root / "fsdp/model.safetensors"))
+
+
+# SFT as sft.yaml runs it: one conversation per row, padded, loss on assistant tokens; 4
+# conversations a step (conversations_per_step): 2 rows x 2 accumulation on one process, 1 row x
+# 2 ranks x 2 accumulation under FSDP2.
+SFT_RECIPE = dict(
+    stage="sft", max_length=128, packing=False, conversations_per_step=4, max_steps=3, optimizer="muon", precision="fp32",
+    max_grad_norm=0.0, logging_steps=1, save_steps=100, data={"train": [{"source": "arithmetic", "size": 64}]},
+)
+
+
+@pytest.fixture(scope="module")
+def sft_runs(runs):
+    root, _, _ = runs
+    recipe = {**SFT_RECIPE, "model": str(root / "base")}
+    (root / "sft.yaml").write_text(yaml.safe_dump(recipe))
+    run_sft_stage(SFTStageConfig.from_dict({**recipe, "output_dir": str(root / "sft_one"), "per_device_train_batch_size": 2}))
+    launch(root / "fsdp_entry.py", ["--config", str(root / "sft.yaml"), "--per_device_train_batch_size=1", f"--output_dir={root / 'sft_fsdp'}"],
+           "sft: done, 3 steps")
+    return root
+
+
+@pytest.mark.slow
+def test_sft_under_fsdp_equals_one_process(sft_runs):
+    root = sft_runs
+    one, two = losses(root / "sft_one"), losses(root / "sft_fsdp")
+    assert len(one) == len(two) == 3 and one[-1] < one[0]
+    # the loss is the mean over the step's assistant tokens on both layouts (Trainer sums the
+    # token counts over accumulation steps and ranks), not a mean of per-rank means
+    assert two == pytest.approx(one, abs=1e-5)
+    assert_weights_close(load_file(root / "sft_fsdp/model.safetensors"), load_file(root / "sft_one/model.safetensors"), atol=ONE_VS_TWO_ATOL)
