@@ -32,9 +32,13 @@ class RepeatModel(torch.nn.Module):
         self.anchor = torch.nn.Parameter(torch.zeros(()))  # gives the module a device
         self.calls: list[tuple[int, int]] = []  # shapes of the batches it was given
 
-    def forward(self, input_ids, **kwargs):
+    def forward(self, input_ids, logits_to_keep: int | torch.Tensor = 0, **kwargs):
         self.calls.append(tuple(input_ids.shape))
-        return CausalLMOutput(logits=3.0 * F.one_hot(input_ids, self.vocab_size).float() + self.anchor)
+        logits = 3.0 * F.one_hot(input_ids, self.vocab_size).float() + self.anchor
+        # transformers' convention: an int keeps the last N positions (0: all), a tensor those positions
+        if isinstance(logits_to_keep, int):
+            return CausalLMOutput(logits=logits[:, -logits_to_keep:] if logits_to_keep else logits)
+        return CausalLMOutput(logits=logits[:, logits_to_keep])
 
 
 def _mc(i: int, winner: int, gold: int, n: int) -> dict:

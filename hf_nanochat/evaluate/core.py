@@ -326,7 +326,7 @@ def score(model, examples: Sequence[Prepared], pad_id: int, device) -> list[bool
 
     Padding sits after every scored position and attention is causal, so it is never read
     (nanochat pads with BOS the same way, without an attention mask). Only the scored positions'
-    logits are kept, and all spans are reduced at once with one copy back to the host."""
+    logits are computed, and all spans are reduced at once with one copy back to the host."""
     rows = [row for ex in examples for row in ex.rows]
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -339,9 +339,14 @@ def score(model, examples: Sequence[Prepared], pad_id: int, device) -> list[bool
         pos_idx += range(s - 1, e - 1)
         span_idx += [k] * (e - s)
     ids = ids.to(device)
-    logits = model(input_ids=ids, use_cache=False).logits
+    # Logits only at the positions some span reads (transformers' logits_to_keep as positions):
+    # the head never runs on the prompts, and the fp32 logits are rows x those positions, not
+    # rows x width x vocabulary.
+    kept = sorted(set(pos_idx))
+    column = {position: i for i, position in enumerate(kept)}
+    logits = model(input_ids=ids, use_cache=False, logits_to_keep=torch.tensor(kept, device=device)).logits
     r, p, k = (torch.tensor(x, dtype=torch.long, device=device) for x in (row_idx, pos_idx, span_idx))
-    picked = logits[r, p].float()
+    picked = logits[r, torch.tensor([column[q] for q in pos_idx], dtype=torch.long, device=device)].float()
     targets = ids[r, p + 1]
     losses = F.cross_entropy(picked, targets, reduction="none")
     misses = (picked.argmax(dim=-1) != targets).float()
