@@ -224,4 +224,11 @@ class BestFitStream(PretrainStream):
             chunks.close()
 
 
-__all__ = ["PACKINGS", "BestFitPacker", "encode_buffer", "split_documents", "pack_rows", "BestFitStream"]
+def stream_class(packing: str) -> type[PretrainStream]:
+    """The pretraining stream that cuts rows as `packing` (a train config's `packing`) says."""
+    if packing not in PACKINGS:
+        raise ValueError(f"packing must be one of {PACKINGS}, got {packing!r}")
+    return BestFitStream if packing == "best_fit" else PretrainStream
+
+
+__all__ = ["PACKINGS", "stream_class", "BestFitPacker", "encode_buffer", "split_documents", "pack_rows", "BestFitStream"]

@@ -231,16 +231,12 @@ def evaluate_base(model, tokenizer, source: str, seq_len: int, batch_size: int, 
 
     from accelerate import Accelerator
 
-    from hf_nanochat.data.best_fit import BestFitStream
-    from hf_nanochat.data.stream import PretrainStream
+    from hf_nanochat.data.best_fit import stream_class
     from hf_nanochat.train.pretrain import evaluate_bpb
     from hf_nanochat.train.stage_plan import BASE_EVAL_LOSS_CHUNK_TOKENS
     from hf_nanochat.data.tokenizer import token_byte_lengths
 
-    if packing not in ("stream", "best_fit"):
-        raise ValueError(f"packing must be stream or best_fit, got {packing!r}")
-    stream_class = BestFitStream if packing == "best_fit" else PretrainStream
-    stream = stream_class(tokenizer, source=source, seq_len=seq_len, batch_size=batch_size, split="val")
+    stream = stream_class(packing)(tokenizer, source=source, seq_len=seq_len, batch_size=batch_size, split="val")
     batches = list(itertools.islice(iter(stream), max_batches))
     if not batches:
         raise ValueError(f"the val split of {source} has no full batch of {batch_size} x {seq_len} tokens")

@@ -342,11 +342,10 @@ def score(model, examples: Sequence[Prepared], pad_id: int, device) -> list[bool
     # Logits only at the positions some span reads (transformers' logits_to_keep as positions):
     # the head never runs on the prompts, and the fp32 logits are rows x those positions, not
     # rows x width x vocabulary.
-    kept = sorted(set(pos_idx))
-    column = {position: i for i, position in enumerate(kept)}
-    logits = model(input_ids=ids, use_cache=False, logits_to_keep=torch.tensor(kept, device=device)).logits
+    kept = torch.tensor(sorted(set(pos_idx)), dtype=torch.long, device=device)
+    logits = model(input_ids=ids, use_cache=False, logits_to_keep=kept).logits
     r, p, k = (torch.tensor(x, dtype=torch.long, device=device) for x in (row_idx, pos_idx, span_idx))
-    picked = logits[r, torch.tensor([column[q] for q in pos_idx], dtype=torch.long, device=device)].float()
+    picked = logits[r, torch.searchsorted(kept, p)].float()
     targets = ids[r, p + 1]
     losses = F.cross_entropy(picked, targets, reduction="none")
     misses = (picked.argmax(dim=-1) != targets).float()

@@ -79,8 +79,8 @@ def default_pipeline(config: TrainConfig, accelerator) -> DataPipeline:
     With `tokenizer: null` the main process trains nanochat's BPE on the train split once and
     saves it to output_dir/tokenizer (reused on --resume); the other ranks then load it."""
     from hf_nanochat.data.provenance import write_stage_record
-    from hf_nanochat.data.stream import PretrainStream, describe_source, load_documents, resolve_source_once
-    from hf_nanochat.data.best_fit import BestFitStream
+    from hf_nanochat.data.best_fit import stream_class
+    from hf_nanochat.data.stream import describe_source, load_documents, resolve_source_once
     from hf_nanochat.data.tokenizer import load_tokenizer, token_byte_lengths, train_tokenizer
 
     # Decided once, on the main process, for every rank and both splits; recorded in the run folder.
@@ -101,8 +101,8 @@ def default_pipeline(config: TrainConfig, accelerator) -> DataPipeline:
     tokenizer = load_tokenizer(str(path))
 
     def make_stream(split, rank, world_size, batch_size, seq_len):
-        stream_class = BestFitStream if config.packing == "best_fit" else PretrainStream
-        return stream_class(tokenizer, files, seq_len, batch_size, split=split, rank=rank, world_size=world_size, text_column=config.text_column)
+        return stream_class(config.packing)(tokenizer, files, seq_len, batch_size, split=split, rank=rank, world_size=world_size,
+                                            text_column=config.text_column)
 
     return DataPipeline(tokenizer, make_stream, token_byte_lengths(tokenizer))
 

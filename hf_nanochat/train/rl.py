@@ -390,7 +390,7 @@ def run_rl_stage(cfg: RLStageConfig, *, model=None, tokenizer=None, train_datase
     from hf_nanochat.data.tokenizer import load_tokenizer
     from hf_nanochat.train.chat_optim import describe_optimizer
     from hf_nanochat.train.rewards import load_reward
-    from hf_nanochat.train.sft import _latest_checkpoint, _launch_state, _resolve_local, ready_for_inference, trainer_precision_args
+    from hf_nanochat.train.sft import _latest_checkpoint, _launch_state, _resolve_local, save_final_model, trainer_precision_args
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is TRL-experimental; pinned trl 1.16
     from trl import GRPOTrainer
@@ -452,8 +452,7 @@ def run_rl_stage(cfg: RLStageConfig, *, model=None, tokenizer=None, train_datase
     out = Path(cfg.output_dir)
     if trainer.is_world_process_zero():
         out.mkdir(parents=True, exist_ok=True)
-    ready_for_inference(trainer.model)
-    trainer.save_model(str(out))
+    save_final_model(trainer, out)  # FSDP is refused above: save_pretrained with use_cache on
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(out))
         with open(out / "stage_config.yaml", "w", encoding="utf-8") as f:
