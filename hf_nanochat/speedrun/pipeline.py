@@ -180,11 +180,9 @@ def plan(recipe: Recipe, name: str, launch_config: Path) -> dict:
     from hf_nanochat.train.memory_cli import recipe_memory
     from hf_nanochat.train.stage_plan import misfits
     from hf_nanochat.train.pretrain import PEAK_FLOPS, resolve_horizon
-    from hf_nanochat.train.recipe_2026 import apply_recipe
 
-    cfg = load_train_config(recipe.base)
-    model, _, memory_kwargs = recipe_memory(cfg, str(launch_config), on_gpu=recipe.gpu is not None)
-    cfg, _ = apply_recipe(cfg, model)  # recipe nanochat-2026: batch and horizon derived from the depth
+    # recipe nanochat-2026: the config comes back with its batch and horizon derived from the depth
+    cfg, model, _, memory_kwargs = recipe_memory(load_train_config(recipe.base), str(launch_config), on_gpu=recipe.gpu is not None)
     shape = model_shape(cfg.depth, vocab_size=model.vocab_size, seq_len=cfg.max_seq_len, architecture=cfg.architecture)
     steps, horizon = resolve_horizon(cfg, shape["params"], shape["flops_per_token"])
     if cfg.recipe != "none" and "num_iterations" not in cfg.recipe_fixed:
@@ -218,8 +216,8 @@ def format_plan(p: dict, stages: list[Stage]) -> str:
     return "\n".join([
         f"speedrun {p['recipe']}: {p['description']}",
         f"  stages: {' -> '.join(s.name for s in stages)} -> report",
-        f"  model: nanochat {p.get('architecture', '2025-11')}, depth {p['depth']}, {p['params'] / 1e6:,.1f}M parameters, {p['dtype']}",
-        f"  base: {p['steps']:,} steps of {p.get('total_batch_size', 0):,} tokens ({p['horizon']}), {p['tokens'] / 1e6:,.1f}M tokens, "
+        f"  model: nanochat {p['architecture']}, depth {p['depth']}, {p['params'] / 1e6:,.1f}M parameters, {p['dtype']}",
+        f"  base: {p['steps']:,} steps of {p['total_batch_size']:,} tokens ({p['horizon']}), {p['tokens'] / 1e6:,.1f}M tokens, "
         f"{p['tokens_per_param']:.1f} tokens/param, {p['flops']:.2e} FLOPs",
         f"  estimated base pretraining time: {_duration(p['estimated_hours_base'])} at {speed}"
         + (f", ~${p['estimated_cost_base']:,.0f}" if p["estimated_cost_base"] else ""),

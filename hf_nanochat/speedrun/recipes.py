@@ -56,8 +56,6 @@ class Recipe:
         return self.mid if stage == "mid" else self.sft
 
 
-SFT_2026_BATCH = {"gpt2_speedrun": 8, "d12_2026": 32, "p100_2026": 4}  # the planner's picks (tests/test_stage_plan.py)
-
 RECIPES: dict[str, Recipe] = {
     "tiny_cpu": Recipe(
         "a tiny model on 2 CPU cores, offline, in minutes: checks the whole pipeline",
@@ -102,19 +100,19 @@ RECIPES: dict[str, Recipe] = {
     "gpt2_speedrun": Recipe(
         "nanochat's 2026 GPT-2 speedrun: d24 at tokens:params 8 in bf16 on 8x H100 (runs/speedrun.sh)",
         "multi_gpu.yaml", "gpt2_speedrun_d24.yaml", None, "sft_2026.yaml", tokenizer_data="climbmix", tokenizer_vocab_size=32768,
-        gpu="H100", num_devices=8, dollars_per_hour=24.0, gpu_memory_gib=80, sft_device_batch=SFT_2026_BATCH["gpt2_speedrun"],
+        gpu="H100", num_devices=8, dollars_per_hour=24.0, gpu_memory_gib=80, sft_device_batch=8,
         bare_launch_default=False,
     ),
     "d12_2026": Recipe(
         "nanochat's 2026 d12 at tokens:params 12 in bf16 on one 80 GB GPU", "single_gpu.yaml", "d12_2026.yaml", None,
         "sft_2026.yaml", tokenizer_data="climbmix", tokenizer_vocab_size=32768, gpu="H100", dollars_per_hour=3.0,
-        gpu_memory_gib=80, sft_device_batch=SFT_2026_BATCH["d12_2026"], sft_tokens_per_step=2**19,
+        gpu_memory_gib=80, sft_device_batch=32, sft_tokens_per_step=2**19,
         bare_launch_default=False,
     ),
     "p100_2026": Recipe(
         "nanochat's 2026 d12 in fp16 on one 16 GB P100", "p100.yaml", "d12_2026_p100.yaml", None, "sft_2026.yaml",
         tokenizer_data="climbmix", tokenizer_vocab_size=32768, gpu="P100", dollars_per_hour=1.5, core_max_per_task=500,
-        gpu_memory_gib=16, sft_device_batch=SFT_2026_BATCH["p100_2026"], sft_tokens_per_step=2**19,
+        gpu_memory_gib=16, sft_device_batch=4, sft_tokens_per_step=2**19,
         bare_launch_default=False,
     ),
 }

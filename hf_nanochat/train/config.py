@@ -121,7 +121,8 @@ class TrainConfig:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.warmup_steps > 0 and self.warmup_ratio > 0:
             raise ValueError("set warmup_steps or warmup_ratio, not both")
-        if self.architecture == "2026" and self.optimizer != "muon_adamw_2026" and not (self.recipe == "nanochat-2026" and "optimizer" not in self.recipe_fixed):
+        recipe_picks_optimizer = self.recipe == "nanochat-2026" and "optimizer" not in self.recipe_fixed
+        if self.architecture == "2026" and self.optimizer != "muon_adamw_2026" and not recipe_picks_optimizer:
             raise ValueError(
                 f"architecture 2026 has value embeddings and residual scalars that optimizer {self.optimizer!r} has no groups for: "
                 "set optimizer: muon_adamw_2026 (or recipe: nanochat-2026, which picks it)"

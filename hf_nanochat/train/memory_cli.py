@@ -17,7 +17,7 @@ import yaml
 
 from hf_nanochat.train.memory import GiB, estimate_memory, format_estimate, largest_device_batch, parse_size
 from hf_nanochat.modeling.configuration_nanochat_gpt import NanoChatGPTConfig
-from hf_nanochat.train.config import load_config
+from hf_nanochat.train.config import TrainConfig, load_config
 from hf_nanochat.train.recipe_2026 import apply_recipe
 
 
@@ -60,9 +60,10 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def recipe_memory(config, accelerate_config: str | None, on_gpu: bool = True) -> tuple[NanoChatGPTConfig, int, dict]:
-    """(model config, device batch, estimate_memory keyword arguments) for a train config run
-    under an accelerate config. `device_batch_size: auto` is shown at batch 1."""
+def recipe_memory(config, accelerate_config: str | None, on_gpu: bool = True) -> tuple[TrainConfig, NanoChatGPTConfig, int, dict]:
+    """(the train config as it runs: its recipe's numbers derived, model config, device batch,
+    estimate_memory keyword arguments) for a train config run under an accelerate config.
+    `device_batch_size: auto` is shown at batch 1."""
     topo = launch_topology(accelerate_config)
     # precision: an explicit train-config choice wins; `auto` follows the launcher, else fp32.
     dtype = config.precision if config.precision != "auto" else (topo["mixed_precision"] or "fp32")
@@ -70,17 +71,17 @@ def recipe_memory(config, accelerate_config: str | None, on_gpu: bool = True) ->
     config, _ = apply_recipe(config, model)  # a derived optimizer changes the optimizer state
     kwargs = dict(dtype=dtype, world_size=topo["world_size"], fsdp=topo["fsdp"], activation_checkpointing=topo["activation_checkpointing"], optimizer=config.optimizer, on_gpu=on_gpu, loss_chunk_tokens=config.loss_chunk_tokens)
     batch = 1 if config.device_batch_size == "auto" else config.device_batch_size
-    return model, batch, kwargs
+    return config, model, batch, kwargs
 
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    model, batch, kwargs = recipe_memory(config, args.accelerate_config, on_gpu=not args.cpu)
+    config, model, batch, kwargs = recipe_memory(config, args.accelerate_config, on_gpu=not args.cpu)
     dtype, fsdp, world = kwargs["dtype"], kwargs["fsdp"], kwargs["world_size"]
     budget = args.gpu_memory
     layout = "FSDP full shard" if fsdp else ("DDP" if world > 1 else "1 process")
     print(
-        f"depth {config.depth} (vocab {model.vocab_size}), {dtype}, {kwargs['optimizer']}, {layout} x {world}, "
+        f"depth {config.depth} (vocab {model.vocab_size}), {dtype}, {config.optimizer}, {layout} x {world}, "
         f"activation checkpointing {'on' if kwargs['activation_checkpointing'] else 'off'}, seq {config.max_seq_len}"
         + (f", loss in chunks of {config.loss_chunk_tokens:,} tokens" if config.loss_chunk_tokens else "")
     )
